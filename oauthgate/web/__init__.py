@@ -1,0 +1,1 @@
+"""oauthgate.web."""
