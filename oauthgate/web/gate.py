@@ -1,0 +1,618 @@
+"""The root resource: one request's way through oauthgate, read top to bottom.
+
+1. client address  2. own endpoints  3. strip identity headers  4. session (cookie)
+5. refresh  6. authorize  7. no session -> 401 / sign-in page; denied -> 403;
+allowed -> identity headers, then the upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from oauthgate.authz.query import check_query_constraints
+from oauthgate.config.options import Config
+from oauthgate.errors import AuthError, ProviderError, RefreshError, TokenError, UpstreamError
+from oauthgate.interfaces import (
+    IAuthorizer,
+    IProvider,
+    ISessionStore,
+    IUpstream,
+    RequestInfo,
+)
+from oauthgate.providers.pkce import challenge, make_verifier
+from oauthgate.session import Session
+from oauthgate.sessions import cookies
+from oauthgate.sessions.cookies import CookieSettings
+from oauthgate.sessions.crypto import Sealer
+from oauthgate.web.identity import IdentityHeaders, set_all
+from oauthgate.web.pages import Pages
+from oauthgate.web.redirects import RedirectValidator
+
+__all__ = ["Gate", "GateResource"]
+
+_NO_CACHE = (
+    (b"Expires", b"Thu, 01 Jan 1970 00:00:00 UTC"),
+    (b"Cache-Control", b"no-cache, no-store, must-revalidate, max-age=0"),
+    (b"X-Accel-Expires", b"0"),
+)
+_ROBOTS = b"User-agent: *\nDisallow: /\n"
+# How long a refreshed session is remembered for requests that arrive with the old
+# cookie while (or just after) it was refreshed, so they do not refresh it again.
+_REFRESH_MEMORY = 30.0
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value
+
+
+def _arg(request: Request, name: bytes) -> str | None:
+    values = request.args.get(name)
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.getHeader(b"accept") or ""
+    return "application/json" in accept and "text/html" not in accept
+
+
+@attrs.define
+class _Refreshed:
+    at: float
+    session: Session
+    value: str
+
+
+@attrs.define
+class Gate:
+    """Everything one request needs, assembled by :mod:`oauthgate.service`."""
+
+    config: Config
+    provider: IProvider
+    store: ISessionStore
+    sealer: Sealer
+    cookie: CookieSettings
+    authorizers: Sequence[IAuthorizer]
+    upstreams: Sequence[IUpstream]
+    redirects: RedirectValidator
+    identity: IdentityHeaders
+    pages: Pages
+    clock: IReactorTime
+    http_client: Any = None
+    random: Callable[[int], bytes] = os.urandom
+    log_requests: bool = True
+    _refreshed: dict[str, _Refreshed] = attrs.field(factory=dict)
+    _csrf: CookieSettings = attrs.field(init=False)
+    _prefix: str = attrs.field(init=False)
+    _own_cookie_prefix: str = attrs.field(init=False)
+
+    log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        self._csrf = attrs.evolve(
+            self.cookie, name=f"{self.cookie.name}_csrf", expire=self.config.cookie_csrf_expire
+        )
+        self._prefix = self.config.proxy_prefix
+        self._own_cookie_prefix = self.cookie.name
+
+    # --- 1. client address -------------------------------------------------------------
+
+    def client_ip(self, request: Request) -> str | None:
+        """The client's address: the peer, or with ``--reverse-proxy`` the configured header
+        (for X-Forwarded-For the right-most entry, the one the nearest proxy added)."""
+        if self.config.reverse_proxy:
+            raw = request.getHeader(self.config.real_client_ip_header.encode())
+            if raw:
+                candidate = raw.split(",")[-1].strip()
+                if candidate:
+                    return candidate
+        peer = request.getClientAddress()
+        return getattr(peer, "host", None)
+
+    def _scheme(self, request: Request) -> str:
+        if self.config.reverse_proxy:
+            proto = request.getHeader(b"x-forwarded-proto")
+            if proto in ("http", "https"):
+                return proto
+        return "https" if request.isSecure() else "http"
+
+    def _host(self, request: Request) -> str:
+        if self.config.reverse_proxy:
+            forwarded = request.getHeader(b"x-forwarded-host")
+            if forwarded:
+                return forwarded
+        return (request.getHeader(b"host") or "").strip()
+
+    # --- the request's way ---------------------------------------------------------------
+
+    async def handle(self, request: Request) -> None:
+        path = request.path.decode("utf-8", "replace")
+        config = self.config
+
+        # 2. own endpoints that need nothing else
+        if path == config.ping_path:
+            return self._text(request, 200, b"OK")
+        if path == config.ready_path:
+            return await self._ready(request)
+        if path == "/robots.txt":
+            return self._text(request, 200, _ROBOTS)
+
+        # 3. nobody may send what oauthgate injects
+        self.identity.strip_from(request.requestHeaders)
+
+        if path == self._prefix or path.startswith(self._prefix + "/"):
+            endpoint = path[len(self._prefix):]
+            if endpoint == "/auth":
+                return await self._auth(request)
+            for name, value in _NO_CACHE:
+                request.setHeader(name, value)
+            if endpoint == "/sign_in":
+                return await self._sign_in(request)
+            if endpoint == "/start":
+                return await self._start(request)
+            if endpoint == "/callback":
+                return await self._callback(request)
+            if endpoint == "/sign_out":
+                return await self._sign_out(request)
+            if endpoint == "/userinfo":
+                return await self._userinfo(request)
+            raise AuthError(404, "not_found", "There is nothing here.")
+
+        return await self._proxy(request)
+
+    # --- 4..6: who is this, and may they pass ------------------------------------------
+
+    async def authenticate(self, request: Request) -> Session | None:
+        """The request's valid session (refreshed when due), or None. Clears a cookie that
+        does not open or whose session has ended."""
+        value = cookies.read_value(request, self.cookie.name)
+        if not value:
+            return None
+        session = await self.store.load(value)
+        if session is None:
+            cookies.clear(request, self.cookie)
+            return None
+        session = await self._maybe_refresh(request, value, session)
+        if session is None:
+            cookies.clear(request, self.cookie)
+        return session
+
+    def _needs_refresh(self, session: Session, now: float) -> bool:
+        refresh_after = self.config.cookie_refresh
+        return session.is_expired(now) or (refresh_after > 0 and session.age(now) > refresh_after)
+
+    async def _maybe_refresh(self, request: Request, value: str, session: Session) -> Session | None:
+        now = self.clock.seconds()
+        if not self._needs_refresh(session, now):
+            return session
+        if not session.refresh_token:
+            # Nothing to refresh with: an expired session ends, a merely old one goes on.
+            return None if session.is_expired(now) else session
+        async with self.store.lock(value):
+            self._forget_old_refreshes(now)
+            done = self._refreshed.get(value)
+            if done is not None:
+                cookies.write_value(request, self.cookie, done.value)
+                return done.session
+            try:
+                refreshed = await self.provider.refresh(session)
+            except RefreshError as e:
+                self.log.warn(
+                    "Refresh failed for {user}: {reason}", user=session.email or session.user,
+                    reason=str(e),
+                )
+                if e.fatal or session.is_expired(now):
+                    return None
+                return session
+            if refreshed is None:
+                return None if session.is_expired(now) else session
+            new_value = await self.store.save(refreshed, value)
+            self._refreshed[value] = _Refreshed(now, refreshed, new_value)
+            cookies.write_value(request, self.cookie, new_value)
+            self.log.info("Refreshed session for {user}", user=refreshed.email or refreshed.user)
+            return refreshed
+
+    def _forget_old_refreshes(self, now: float) -> None:
+        for key in [k for k, r in self._refreshed.items() if now - r.at > _REFRESH_MEMORY]:
+            del self._refreshed[key]
+
+    async def authorize(self, request: Request, session: Session) -> str | None:
+        """None if every authorizer allows ``session``; else the public reason it may not pass."""
+        info = RequestInfo(
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace"),
+            host=self._host(request),
+            client_ip=self.client_ip(request),
+        )
+        for authorizer in self.authorizers:
+            decision = await authorizer.authorize(info, session)
+            if not decision.allowed:
+                return decision.reason or "access denied"
+        if not await self.provider.authorize(session):
+            return "the identity provider's checks did not pass"
+        return None
+
+    # --- /oauth2/auth, /oauth2/userinfo ------------------------------------------------
+
+    async def _auth(self, request: Request) -> None:
+        session = await self.authenticate(request)
+        if session is None:
+            self._set_user(request, "")
+            return self._text(request, 401, b"Unauthorized")
+        self._set_user(request, session.email or session.user)
+        reason = await self.authorize(request, session)
+        if reason is not None:
+            self._auth_log(request, session, "AuthFailure", reason)
+            return self._text(request, 401, b"Unauthorized")
+        constraint = check_query_constraints(request.args, session)
+        if not constraint.allowed:
+            return self._text(request, 403, b"Forbidden")
+        set_all(request.responseHeaders, self.identity.response(session))
+        request.setResponseCode(202)
+        request.finish()
+
+    async def _userinfo(self, request: Request) -> None:
+        session = await self.authenticate(request)
+        if session is None or await self.authorize(request, session) is not None:
+            return self._json(request, 401, {"error": "unauthorized"})
+        body: dict[str, Any] = {"user": session.user, "email": session.email}
+        if session.groups:
+            body["groups"] = list(session.groups)
+        if session.preferred_username:
+            body["preferredUsername"] = session.preferred_username
+        self._json(request, 200, body)
+
+    # --- proxy -------------------------------------------------------------------------
+
+    async def _proxy(self, request: Request) -> None:
+        session = await self.authenticate(request)
+        if session is None:
+            return await self._need_login(request)
+        user = session.email or session.user
+        self._set_user(request, user)
+        reason = await self.authorize(request, session)
+        if reason is not None:
+            self._auth_log(request, session, "AuthFailure", reason)
+            cookies.clear(request, self.cookie)
+            raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
+        constraint = check_query_constraints(request.args, session)
+        if not constraint.allowed:
+            raise AuthError(403, "access_denied", constraint.reason or "Forbidden")
+        upstream = self._upstream_for(request.path.decode("utf-8", "replace"))
+        if upstream is None:
+            raise AuthError(404, "not_found", "No upstream serves this path.")
+        self._strip_own_cookies(request)
+        set_all(request.responseHeaders, self.identity.response(session))
+        await upstream.forward(request, self.identity.upstream(session))
+
+    def _upstream_for(self, path: str) -> IUpstream | None:
+        # Upstreams are sorted longest path first when the service builds the gate.
+        for upstream in self.upstreams:
+            if upstream.matches(path):
+                return upstream
+        return None
+
+    def _strip_own_cookies(self, request: Request) -> None:
+        """The upstream never sees oauthgate's own cookies (session, parts, CSRF)."""
+        raw = request.requestHeaders.getRawHeaders(b"cookie")
+        if not raw:
+            return
+        own = self._own_cookie_prefix.encode()
+        kept = []
+        for header in raw:
+            for part in header.split(b";"):
+                name = part.split(b"=", 1)[0].strip()
+                if name == own or (name.startswith(own + b"_") and _is_own_suffix(name[len(own) + 1:])):
+                    continue
+                if part.strip():
+                    kept.append(part.strip())
+        if kept:
+            request.requestHeaders.setRawHeaders(b"cookie", [b"; ".join(kept)])
+        else:
+            request.requestHeaders.removeHeader(b"cookie")
+
+    async def _need_login(self, request: Request) -> None:
+        if self.config.force_json_errors or _wants_json(request):
+            return self._json(request, 401, {})
+        redirect = self.redirects.sanitize(request.uri.decode("utf-8", "replace"))
+        if self.config.skip_provider_button:
+            return await self._begin_login(request, redirect)
+        for name, value in _NO_CACHE:
+            request.setHeader(name, value)
+        self._html(request, 403, self.pages.render_sign_in(redirect))
+
+    # --- sign in / start / callback / sign out ----------------------------------------
+
+    def _requested_redirect(self, request: Request) -> str:
+        """``rd`` (query or form), then ``X-Auth-Request-Redirect``; the first valid one, else /."""
+        for candidate in (_arg(request, b"rd"), _header(request, b"x-auth-request-redirect")):
+            if candidate and self.redirects.is_valid(candidate):
+                return candidate
+            if candidate:
+                self.log.warn("Ignored an invalid redirect target from {client}",
+                              client=self.client_ip(request))
+        return "/"
+
+    async def _sign_in(self, request: Request) -> None:
+        # A fresh sign-in never carries an old session along (session fixation).
+        cookies.clear(request, self.cookie)
+        redirect = self._requested_redirect(request)
+        if self.config.skip_provider_button:
+            return await self._begin_login(request, redirect)
+        self._html(request, 200, self.pages.render_sign_in(redirect))
+
+    async def _start(self, request: Request) -> None:
+        await self._begin_login(request, self._requested_redirect(request))
+
+    def redirect_uri(self, request: Request) -> str:
+        """The callback URL sent to the provider."""
+        callback = self._prefix + "/callback"
+        configured = self.config.redirect_url
+        if configured:
+            parts = urlsplit(configured)
+            return configured if parts.path not in ("", "/") else configured.rstrip("/") + callback
+        if self.config.relative_redirect_url:
+            return callback
+        scheme = "https" if self.config.cookie_secure else self._scheme(request)
+        return f"{scheme}://{self._host(request)}{callback}"
+
+    async def _begin_login(self, request: Request, redirect: str) -> None:
+        state = _token(self.random)
+        nonce = _token(self.random)
+        method = self.config.code_challenge_method or None
+        verifier = make_verifier(self.random) if method else None
+        redirect_uri = self.redirect_uri(request)
+        payload = json.dumps({"s": state, "n": nonce, "v": verifier, "r": redirect, "u": redirect_uri},
+                             separators=(",", ":")).encode()
+        csrf = self.sealer.seal(payload, self._csrf_purpose, self.clock.seconds())
+        url = await self.provider.authorize_url(
+            state=state,
+            nonce=nonce,
+            code_challenge=challenge(verifier, method) if verifier and method else None,
+            code_challenge_method=method,
+            redirect_uri=redirect_uri,
+            extra_params=(),
+        )
+        cookies.write_value(request, self._csrf, csrf)
+        self._redirect(request, url)
+
+    @property
+    def _csrf_purpose(self) -> str:
+        return "csrf:" + self.cookie.name
+
+    async def _callback(self, request: Request) -> None:
+        error = _arg(request, b"error")
+        if error:
+            self._auth_log(request, None, "AuthFailure", f"provider returned error {error!r}")
+            raise AuthError(403, "login_failed", f"Login failed: the identity provider said {error}.")
+        value = cookies.read_value(request, self._csrf.name)
+        opened = (
+            self.sealer.open(value, self._csrf_purpose, self.config.cookie_csrf_expire,
+                             self.clock.seconds())
+            if value
+            else None
+        )
+        if opened is None:
+            raise AuthError(403, "csrf_missing",
+                            "Unable to find a valid CSRF token. Please try signing in again.")
+        try:
+            flow = json.loads(opened)
+            expected_state, nonce, verifier, redirect, redirect_uri = (
+                flow["s"], flow["n"], flow["v"], flow["r"], flow["u"]
+            )
+        except (ValueError, KeyError, TypeError):
+            raise AuthError(403, "csrf_missing",
+                            "Unable to find a valid CSRF token. Please try signing in again.") from None
+        state = _arg(request, b"state") or ""
+        if not secrets.compare_digest(state.encode(), str(expected_state).encode()):
+            cookies.clear(request, self._csrf)
+            raise AuthError(403, "state_mismatch", "The login state did not match. Please try again.")
+        cookies.clear(request, self._csrf)
+        code = _arg(request, b"code")
+        if not code:
+            raise AuthError(400, "missing_code", "The identity provider sent no authorization code.")
+        try:
+            session = await self.provider.redeem(code, verifier, redirect_uri, nonce)
+            session = await self.provider.enrich(session)
+        except TokenError as e:
+            self._auth_log(request, None, "AuthFailure", f"invalid token: {e}")
+            raise AuthError(403, "invalid_token", "The identity provider's token was not valid.") from None
+        except ProviderError as e:
+            self._auth_log(request, None, "AuthError", f"provider error: {e}")
+            raise AuthError(502, "provider_error",
+                            "The identity provider could not complete the login. Please try again.") from None
+        if session.created_at == 0:
+            session = attrs.evolve(session, created_at=self.clock.seconds())
+        if not session.provider:
+            session = attrs.evolve(session, provider=str(self.provider.id))
+        self._set_user(request, session.email or session.user)
+        reason = await self.authorize(request, session)
+        if reason is not None:
+            self._auth_log(request, session, "AuthFailure", reason)
+            raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
+        stored = session.without_tokens() if self.config.session_cookie_minimal else session
+        cookie_value = await self.store.save(stored, None)
+        cookies.write_value(request, self.cookie, cookie_value)
+        self._auth_log(request, session, "AuthSuccess", "authenticated via OAuth2")
+        self._redirect(request, self.redirects.sanitize(str(redirect)))
+
+    async def _sign_out(self, request: Request) -> None:
+        redirect = self._requested_redirect(request)
+        value = cookies.read_value(request, self.cookie.name)
+        session = await self.store.load(value) if value else None
+        if value:
+            await self.store.clear(value)
+        cookies.clear(request, self.cookie)
+        id_token = session.id_token if session else ""
+        if "{id_token}" in redirect:
+            redirect = redirect.replace("{id_token}", quote(id_token, safe=""))
+        if session is not None:
+            self._auth_log(request, session, "AuthSuccess", "signed out")
+            if self.config.backend_logout_url:
+                await self._backend_logout(id_token)
+        self._redirect(request, redirect)
+
+    async def _backend_logout(self, id_token: str) -> None:
+        url = self.config.backend_logout_url.replace("{id_token}", quote(id_token, safe=""))
+        if self.http_client is None:
+            return
+        try:
+            d = self.http_client.get(url)
+            d.addTimeout(10, self.clock)
+            response = await d
+            if response.code not in (200, 204):
+                self.log.warn("Backend logout answered {code}", code=response.code)
+        except Exception as e:
+            self.log.error("Backend logout failed: {error}", error=type(e).__name__)
+
+    # --- probes ------------------------------------------------------------------------
+
+    async def _ready(self, request: Request) -> None:
+        try:
+            await self.store.check()
+        except Exception as e:
+            self.log.error("Not ready: session store check failed: {error}", error=str(e))
+            return self._text(request, 503, b"error: session store unavailable")
+        self._text(request, 200, b"OK")
+
+    # --- answering ---------------------------------------------------------------------
+
+    def _set_user(self, request: Request, user: str) -> None:
+        request.oauthgate_user = user  # type: ignore[attr-defined]
+
+    def _auth_log(self, request: Request, session: Session | None, status: str, message: str) -> None:
+        if not self.config.auth_logging:
+            return
+        self.log.info(
+            "{client} - {user} [{status}] {message}",
+            client=self.client_ip(request) or "-",
+            user=(session.email or session.user) if session else "-",
+            status=status,
+            message=message,
+            log_category="auth",
+        )
+
+    def _text(self, request: Request, code: int, body: bytes) -> None:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"content-length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
+
+    def _json(self, request: Request, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", str(len(data)).encode())
+        request.write(data)
+        request.finish()
+
+    def _html(self, request: Request, code: int, body: bytes) -> None:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
+
+    def _redirect(self, request: Request, url: str) -> None:
+        request.setResponseCode(302)
+        request.setHeader(b"location", url.encode("utf-8"))
+        request.setHeader(b"content-length", b"0")
+        request.finish()
+
+    def render_error(self, request: Request, error: AuthError) -> None:
+        if self.config.force_json_errors or _wants_json(request):
+            return self._json(request, error.status, {"error": error.code, "message": error.message})
+        redirect = self._requested_redirect(request) if error.status != 404 else "/"
+        for name, value in _NO_CACHE:
+            request.setHeader(name, value)
+        title = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+                 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+                 504: "Gateway Timeout"}.get(error.status, "Error")
+        self._html(request, error.status,
+                   self.pages.render_error(error.status, title, error.message, redirect=redirect,
+                                           request_id=_request_id(request)))
+
+
+def _is_own_suffix(suffix: bytes) -> bool:
+    return suffix == b"csrf" or suffix.isdigit()
+
+
+def _token(random: Callable[[int], bytes]) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(random(32)).rstrip(b"=").decode("ascii")
+
+
+def _request_id(request: Request) -> str:
+    rid = getattr(request, "oauthgate_request_id", None)
+    if rid is None:
+        rid = (request.getHeader(b"x-request-id") or secrets.token_hex(8))[:64]
+        request.oauthgate_request_id = rid  # type: ignore[attr-defined]
+    return str(rid)
+
+
+class GateResource(Resource):
+    """Twisted's side of the gate: every path is handled by :meth:`Gate.handle`."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, gate: Gate) -> None:
+        Resource.__init__(self)
+        self._gate = gate
+
+    def render(self, request: Request) -> int:  # type: ignore[override]
+        request.oauthgate_started = time.monotonic()  # type: ignore[attr-defined]
+        d = Deferred.fromCoroutine(self._gate.handle(request))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if failure.check(CancelledError):
+            return  # the client went away
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if request.startedWriting:
+            # Headers are out; the only honest thing left is to cut the connection.
+            self.log.failure("Failed after the response started", failure)
+            if request.transport is not None:
+                request.transport.abortConnection()
+            return
+        error = failure.value
+        if isinstance(error, AuthError):
+            self.log.info("{status} {code} for {path}", status=error.status, code=error.code,
+                          path=request.path.decode("utf-8", "replace"))
+            self._gate.render_error(request, error)
+            return
+        if isinstance(error, UpstreamError):
+            self.log.warn("Upstream error: {message}", message=str(error))
+            message = ("The upstream server did not answer in time."
+                       if error.status == 504 else "The upstream server could not be reached.")
+            self._gate.render_error(request, AuthError(error.status, "upstream_error", message))
+            return
+        self.log.failure("Request failed: {request_id}", failure, request_id=_request_id(request))
+        self._gate.render_error(
+            request, AuthError(500, "internal_error", "Something went wrong on our side.")
+        )
+
