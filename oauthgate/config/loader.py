@@ -1,0 +1,354 @@
+"""Merge flags, environment, TOML file and defaults into one validated :class:`Config`.
+
+Precedence is oauth2-proxy's: flags > environment > file > defaults. Every problem found
+in any source is collected and raised at once as a :class:`~oauthgate.errors.ConfigError`,
+one line each, and no line ever contains a secret value.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from oauthgate.config.durations import DURATION_HINT, parse_duration
+from oauthgate.config.flags import parse_bool, parse_text, split_list
+from oauthgate.config.options import Config, OptionSpec, option_specs
+from oauthgate.config.validate import validate
+from oauthgate.errors import ConfigError
+
+__all__ = [
+    "DEMO_IDP_PORT",
+    "DEMO_UPSTREAM_PORT",
+    "SECRET_FILES",
+    "UNSUPPORTED_OAUTH2_PROXY_KEYS",
+    "demo_defaults",
+    "load_config",
+]
+
+DEMO_IDP_PORT = 4181
+"""Where ``--demo`` expects the built-in test identity provider."""
+DEMO_UPSTREAM_PORT = 4182
+"""Where ``--demo`` expects the built-in echo upstream."""
+
+SECRET_FILES: tuple[tuple[str, str], ...] = (
+    ("cookie_secret", "cookie_secret_file"),
+    ("client_secret", "client_secret_file"),
+)
+"""(secret option, option naming a file that holds it) pairs."""
+
+UNSUPPORTED_OAUTH2_PROXY_KEYS = frozenset(
+    {
+        # server
+        "https_address", "tls_cert_file", "tls_key_file", "tls_min_version",
+        "tls_cipher_suites", "force_https", "allow_query_semicolons", "trusted_proxy_ips",
+        # cookie
+        "cookie_csrf_per_request", "cookie_csrf_per_request_limit", "cookie_csrf_samesite",
+        # redis
+        "redis_connection_url", "redis_username", "redis_password", "redis_use_sentinel",
+        "redis_sentinel_master_name", "redis_sentinel_connection_urls",
+        "redis_sentinel_password", "redis_use_cluster", "redis_cluster_connection_urls",
+        "redis_ca_path", "redis_insecure_skip_tls_verify", "redis_connection_idle_timeout",
+        # provider
+        "validate_url", "auth_request_response_mode", "oidc_public_key_files",
+        "oidc_enabled_signing_algs", "use_system_trust_store", "allowed_roles", "resource",
+        "force_code_challenge_method",
+        # provider specific
+        "github_org", "github_team", "github_repo", "github_token", "github_users",
+        "gitlab_groups", "gitlab_projects", "google_group", "google_groups",
+        "google_admin_email", "google_service_account_json",
+        "google_use_application_default_credentials", "google_target_principal",
+        "google_use_organization_id", "google_admin_api_user_scope", "azure_tenant",
+        "azure_graph_group_field", "entra_id_allowed_tenants", "entra_id_federated_token_auth",
+        "keycloak_groups", "bitbucket_team", "bitbucket_repository", "jwt_key", "jwt_key_file",
+        "pubjwk_url",
+        # authentication / authorization
+        "skip_auth_routes", "skip_auth_regex", "skip_auth_preflight", "api_routes",
+        "trusted_ips", "skip_jwt_bearer_tokens", "extra_jwt_issuers",
+        "bearer_token_login_fallback", "htpasswd_file", "htpasswd_user_groups",
+        "encode_state",
+        # headers and upstreams
+        "signature_key", "proxy_websockets", "flush_interval", "disable_keep_alives",
+        # logging
+        "standard_logging", "standard_logging_format", "auth_logging_format",
+        "request_logging_format", "errors_to_info_log", "request_id_header",
+        "logging_filename", "logging_max_size", "logging_max_age", "logging_max_backups",
+        "logging_compress", "logging_local_time",
+        # metrics
+        "metrics_address", "metrics_secure_address", "metrics_tls_cert_file",
+        "metrics_tls_key_file",
+        # pages and probes
+        "display_htpasswd_form", "show_debug_on_error", "ping_user_agent", "gcp_healthchecks",
+    }
+)  # fmt: skip
+"""cfg keys oauth2-proxy knows that this version of oauthgate does not implement yet."""
+
+_ENV_PREFIXES = ("OAUTHGATE_", "OAUTH2_PROXY_")
+
+
+def demo_defaults(random: Callable[[int], bytes] = os.urandom) -> dict[str, object]:
+    """What ``--demo`` uses for options not given anywhere; the cookie secret is fresh."""
+    return {
+        "provider": "oidc",
+        "oidc_issuer_url": f"http://127.0.0.1:{DEMO_IDP_PORT}",
+        "client_id": "oauthgate-demo",
+        "client_secret": "oauthgate-demo-secret",
+        "cookie_secret": base64.urlsafe_b64encode(random(32)).decode("ascii"),
+        "cookie_secure": False,
+        "email_domains": ("*",),
+        "upstreams": (f"http://127.0.0.1:{DEMO_UPSTREAM_PORT}/",),
+        "code_challenge_method": "S256",
+        "set_xauthrequest": True,
+        "pass_access_token": False,
+    }
+
+
+def load_config(
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: str | None,
+    *,
+    random: Callable[[int], bytes] = os.urandom,
+) -> tuple[Config, list[str]]:
+    """The validated configuration from the command line, the environment and the file.
+
+    Args:
+        flags: what the command line gave, by cfg key (``Options.given``); values already
+            parsed, though strings are parsed here too.
+        environ: the environment; ``OAUTHGATE_<KEY>`` beats ``OAUTH2_PROXY_<KEY>``.
+        config_file: the TOML file (``--config``), or None.
+        random: the randomness for the ``--demo`` cookie secret.
+
+    Returns:
+        The frozen config and the warnings to log.
+
+    Raises:
+        ConfigError: with one line per problem across all sources and validation.
+    """
+    specs = {spec.key: spec for spec in option_specs()}
+    problems: list[str] = []
+    warnings: list[str] = []
+    failed: set[str] = set()
+
+    file_values: dict[str, object] = {}
+    if config_file is not None:
+        file_values = _read_file(config_file, specs, problems, failed)
+    env_values = _read_environ(environ, specs, problems, warnings, failed)
+    flag_values = _read_flags(flags, specs, problems, failed)
+
+    given: dict[str, object] = {**file_values, **env_values, **flag_values}
+    values: dict[str, Any] = {key: spec.default for key, spec in specs.items()}
+    values.update(given)
+
+    if values["demo"]:
+        for key, value in demo_defaults(random).items():
+            file_key = key + "_file"
+            if key not in given and not (file_key in specs and values[file_key]):
+                values[key] = value
+
+    for secret_key, file_key in SECRET_FILES:
+        _read_secret_file(values, secret_key, file_key, problems, failed)
+
+    config = Config(**values)
+    try:
+        warnings.extend(validate(config))
+    except ConfigError as e:
+        problems.extend(line for line in e.problems if line.partition(":")[0].strip() not in failed)
+    if problems:
+        raise ConfigError(problems)
+    return config, warnings
+
+
+def _read_flags(
+    flags: Mapping[str, object],
+    specs: Mapping[str, OptionSpec],
+    problems: list[str],
+    failed: set[str],
+) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for key, raw in flags.items():
+        spec = specs.get(key)
+        if spec is None:
+            problems.append(f"--{key.replace('_', '-')}: unknown option")
+            continue
+        if isinstance(raw, str) and spec.kind != "str":
+            try:
+                values[key] = parse_text(spec, raw)
+            except ValueError as e:
+                problems.append(f"--{spec.flag}: {e}")
+                failed.add(key)
+            continue
+        values[key] = tuple(raw) if spec.kind == "list" and isinstance(raw, list) else raw
+    return values
+
+
+def _read_environ(
+    environ: Mapping[str, str],
+    specs: Mapping[str, OptionSpec],
+    problems: list[str],
+    warnings: list[str],
+    failed: set[str],
+) -> dict[str, object]:
+    values: dict[str, object] = {}
+    known: set[str] = set()
+    for spec in specs.values():
+        known.update(spec.env_names)
+        for name in spec.env_names:
+            if name in environ:
+                try:
+                    values[spec.key] = parse_text(spec, environ[name])
+                except ValueError as e:
+                    problems.append(f"{name}: {e}")
+                    failed.add(spec.key)
+                break
+    own_names = sorted(name for name in known if name.startswith(_ENV_PREFIXES[0]))
+    for name in sorted(environ):
+        if name.startswith(_ENV_PREFIXES[0]) and name not in known:
+            warnings.append(f"{name}: no such option, ignored{_did_you_mean(name, own_names)}")
+    return values
+
+
+def _read_file(
+    path: str,
+    specs: Mapping[str, OptionSpec],
+    problems: list[str],
+    failed: set[str],
+) -> dict[str, object]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        problems.append(f"{path}: cannot read the config file: {e.strerror or e}")
+        return {}
+    except UnicodeDecodeError:
+        problems.append(f"{path}: the config file is not UTF-8 text")
+        return {}
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        problems.append(f"{path}: not valid TOML: {e}")
+        return {}
+
+    values: dict[str, object] = {}
+    for key, raw in document.items():
+        line = _line_of(text, key)
+        where = path if line is None else f"{path}:{line}"
+        spec = specs.get(key)
+        if spec is None:
+            if key in UNSUPPORTED_OAUTH2_PROXY_KEYS:
+                problems.append(
+                    f"{where}: option '{key}' (oauth2-proxy) is not supported by this "
+                    "version of oauthgate"
+                )
+            else:
+                problems.append(f"{where}: unknown option '{key}'{_did_you_mean(key, list(specs))}")
+            continue
+        try:
+            values[key] = _from_toml(spec, raw)
+        except ValueError as e:
+            problems.append(f"{where}: {key}: {e}")
+            failed.add(key)
+    return values
+
+
+def _from_toml(spec: OptionSpec, raw: object) -> object:
+    """``raw`` (a TOML value) as the kind ``spec`` needs; ValueError naming the right type."""
+    if spec.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        hint = ""
+        if isinstance(raw, str):
+            with contextlib.suppress(ValueError):
+                hint = f" (write {spec.key} = {str(parse_bool(raw)).lower()}, without quotes)"
+        raise ValueError(f"expected true or false, got {_toml_type(raw)}{hint}")
+    if spec.kind == "int":
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        raise ValueError(f"expected a whole number, got {_toml_type(raw)}")
+    if spec.kind == "duration":
+        if isinstance(raw, str):
+            return parse_duration(raw)
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            if raw < 0:
+                raise ValueError(f"must not be negative, got {raw}")
+            return float(raw)
+        raise ValueError(f"expected {DURATION_HINT} (a string), got {_toml_type(raw)}")
+    if spec.kind == "list":
+        if isinstance(raw, str):
+            return split_list(raw)
+        if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+            return tuple(raw)
+        raise ValueError(f'expected an array of strings such as ["a", "b"], got {_toml_type(raw)}')
+    if isinstance(raw, str):
+        return raw
+    raise ValueError(f"expected a string (in quotes), got {_toml_type(raw)}")
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array" if all(isinstance(i, str) for i in value) else "an array of non-strings"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """The 1-based line where ``key`` is set (``key =``, ``"key" =``, ``[key]``), if found."""
+    name = re.escape(key)
+    quoted = rf"""(?:{name}|"{name}"|'{name}')"""
+    assignment = rf"{quoted}[ \t]*[=.]"
+    table = rf"\[\[?[ \t]*{quoted}[ \t]*[\].]"
+    pattern = re.compile(rf"^[ \t]*(?:{assignment}|{table})", re.MULTILINE)
+    match = pattern.search(text)
+    if match is None:
+        return None
+    return text.count("\n", 0, match.start()) + 1
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.8)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _read_secret_file(
+    values: dict[str, Any],
+    secret_key: str,
+    file_key: str,
+    problems: list[str],
+    failed: set[str],
+) -> None:
+    """Fill ``values[secret_key]`` from the file named by ``values[file_key]``, if any."""
+    path = values[file_key]
+    if not path:
+        return
+    if values[secret_key]:
+        problems.append(
+            f"{secret_key}: both {secret_key} and {file_key} are set; give only one of them"
+        )
+        failed.add(secret_key)
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read()
+    except OSError as e:
+        problems.append(f"{file_key}: cannot read {path}: {e.strerror or e}")
+        failed.add(secret_key)
+        return
+    except UnicodeDecodeError:
+        problems.append(f"{file_key}: {path} is not UTF-8 text")
+        failed.add(secret_key)
+        return
+    values[secret_key] = secret.rstrip("\r\n")

@@ -1,0 +1,328 @@
+"""Check a merged :class:`Config` completely, then fail once with every problem.
+
+Each problem is one line: the cfg key, what is wrong, what would be right. Secret values
+(cookie and client secrets, passwords) never appear in a message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from urllib.parse import SplitResult, urlsplit
+
+from oauthgate.config.durations import format_duration
+from oauthgate.config.options import Config
+from oauthgate.errors import ConfigError
+from oauthgate.sessions.crypto import decode_secret
+
+__all__ = ["MAKE_SECRET_COMMAND", "REAL_CLIENT_IP_HEADERS", "listen_description", "validate"]
+
+MAKE_SECRET_COMMAND = (
+    "python -c 'import os,base64; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
+)
+"""A shell command that prints a good cookie secret."""
+
+REAL_CLIENT_IP_HEADERS = (
+    "X-Forwarded-For",
+    "X-Real-IP",
+    "X-ProxyUser-IP",
+    "X-Envoy-External-Address",
+    "CF-Connecting-IP",
+)
+"""The headers ``real_client_ip_header`` may name (oauth2-proxy's list)."""
+
+_URL_OPTIONS = (
+    "oidc_issuer_url",
+    "login_url",
+    "redeem_url",
+    "profile_url",
+    "oidc_jwks_url",
+    "redirect_url",
+    "backend_logout_url",
+)
+_INSECURE_OPTIONS = {
+    "insecure_oidc_allow_unverified_email": "emails the provider has not verified are accepted",
+    "insecure_oidc_skip_issuer_verification": "the id_token issuer is not checked",
+    "insecure_oidc_skip_nonce": "the id_token nonce is not checked (no replay protection)",
+    "ssl_insecure_skip_verify": "the provider's TLS certificate is not verified",
+    "ssl_upstream_insecure_skip_verify": "the upstream's TLS certificate is not verified",
+}
+_ENDPOINT_PREFIXES = ("tcp:", "tcp6:", "unix:", "ssl:", "systemd:", "haproxy:")
+_LATER_UPSTREAM_SCHEMES = ("file", "static", "unix")
+_COOKIE_NAME_SEPARATORS = frozenset('()<>@,;:\\"/[]?={} \t')
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_ADDRESS_HINT = (
+    "expected host:port, http://host:port, :port, [::1]:port or a Twisted endpoint "
+    "description such as tcp:4180:interface=127.0.0.1"
+)
+
+
+def validate(config: Config) -> list[str]:
+    """The warnings about ``config``, after checking every rule.
+
+    Raises:
+        ConfigError: with one line per problem found, all of them at once.
+    """
+    problems: list[str] = []
+    _check_provider(config, problems)
+    _check_cookie(config, problems)
+    _check_urls(config, problems)
+    _check_upstreams(config, problems)
+    _check_authorization(config, problems)
+    _check_server(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return _warnings(config)
+
+
+def listen_description(address: str) -> str:
+    """The Twisted server endpoint description for ``--http-address``.
+
+    ``127.0.0.1:4180`` -> ``tcp:4180:interface=127.0.0.1``, ``:4180`` -> ``tcp:4180``,
+    ``[::1]:4180`` -> ``tcp6:4180:interface=\\:\\:1``, ``unix:///run/x.sock`` ->
+    ``unix:/run/x.sock``; Twisted descriptions (``tcp:``, ``unix:``, ``ssl:``, ``systemd:``,
+    ``haproxy:``, ``tcp6:``) are returned as they are.
+
+    Raises:
+        ValueError: ``address`` is none of these; the message says what would be right.
+    """
+    text = address.strip()
+    lowered = text.lower()
+    if lowered.startswith("unix://"):
+        path, _, mode = text[len("unix://") :].partition(",mode=")
+        if not path:
+            raise ValueError("unix:// needs a socket path, e.g. unix:///run/oauthgate.sock")
+        return "unix:" + _escape(path) + (f":mode={mode}" if mode else "")
+    if lowered.startswith(_ENDPOINT_PREFIXES):
+        return text
+    if lowered.startswith("https://"):
+        raise ValueError(
+            "https:// listeners are not supported yet; use a Twisted ssl: endpoint such as "
+            "ssl:443:privateKey=key.pem:certKey=cert.pem"
+        )
+    if lowered.startswith("fd:"):
+        raise ValueError(
+            "fd:N is not supported; for systemd socket activation use systemd:domain=INET:index=0"
+        )
+    if lowered.startswith("http://"):
+        text = text[len("http://") :].rstrip("/")
+    if text.startswith("["):
+        host, closed, port = text[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{address!r}: {_ADDRESS_HINT}") from None
+        if not closed:
+            raise ValueError(f"{address!r}: {_ADDRESS_HINT}")
+        return f"tcp6:{_port(address, port)}:interface={_escape(host)}"
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        raise ValueError(f"{address!r}: {_ADDRESS_HINT}")
+    if ":" in host:
+        raise ValueError(f"{address!r}: an IPv6 address needs brackets, e.g. [::1]:4180")
+    number = _port(address, port)
+    if not host:
+        return f"tcp:{number}"
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"{address!r}: {_ADDRESS_HINT}")
+    return f"tcp:{number}:interface={host}"
+
+
+def _port(address: str, text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"{address!r}: the port must be a number from 0 to 65535")
+    return int(text)
+
+
+def _escape(text: str) -> str:
+    """Escape ``text`` for one field of a Twisted endpoint description."""
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def _check_provider(config: Config, problems: list[str]) -> None:
+    if not config.provider:
+        problems.append("provider: required, e.g. oidc")
+    if not config.client_id:
+        problems.append("client_id: required; set --client-id, OAUTHGATE_CLIENT_ID or client_id")
+    if not config.client_secret and not config.code_challenge_method:
+        problems.append(
+            "client_secret: required (or client_secret_file); a public client without a "
+            "secret must use PKCE: --code-challenge-method=S256"
+        )
+    if config.code_challenge_method not in ("", "S256", "plain"):
+        problems.append(
+            f"code_challenge_method: must be S256, plain or empty, "
+            f"got {config.code_challenge_method!r}"
+        )
+    if config.provider == "oidc":
+        if config.skip_oidc_discovery:
+            for key in ("login_url", "redeem_url", "oidc_jwks_url"):
+                if not getattr(config, key):
+                    problems.append(f"{key}: required when skip_oidc_discovery is on")
+        elif not config.oidc_issuer_url:
+            problems.append(
+                "oidc_issuer_url: required for provider oidc (or turn on skip_oidc_discovery "
+                "and give login_url, redeem_url and oidc_jwks_url)"
+            )
+
+
+def _check_cookie(config: Config, problems: list[str]) -> None:
+    if not config.cookie_secret:
+        problems.append(
+            f"cookie_secret: required (or cookie_secret_file); make one with: {MAKE_SECRET_COMMAND}"
+        )
+    else:
+        length = len(decode_secret(config.cookie_secret))
+        if length not in (16, 24, 32):
+            problems.append(
+                f"cookie_secret: must be 16, 24 or 32 bytes, got {length}; "
+                f"make one with: {MAKE_SECRET_COMMAND}"
+            )
+    name = config.cookie_name
+    if not name or len(name) > 256 or not all(_is_token_char(c) for c in name):
+        problems.append(
+            f"cookie_name: must be 1 to 256 letters, digits or !#$%&'*+-.^_`|~ "
+            f"(a cookie token), got {name!r}"
+        )
+    if name.startswith(("__Secure-", "__Host-")) and not config.cookie_secure:
+        problems.append(
+            f"cookie_name: a {name.split('-')[0]}- cookie needs cookie_secure on, or "
+            "browsers drop it"
+        )
+    if name.startswith("__Host-") and (config.cookie_domains or config.cookie_path != "/"):
+        problems.append(
+            "cookie_name: a __Host- cookie needs cookie_path / and no cookie_domains, or "
+            "browsers drop it"
+        )
+    if config.cookie_samesite.lower() not in ("lax", "strict", "none", ""):
+        problems.append(
+            f"cookie_samesite: must be lax, strict, none or empty, got {config.cookie_samesite!r}"
+        )
+    if 0 < config.cookie_expire <= config.cookie_refresh:
+        problems.append(
+            f"cookie_refresh: must be less than cookie_expire "
+            f"({format_duration(config.cookie_expire)}), "
+            f"got {format_duration(config.cookie_refresh)}"
+        )
+    if not config.cookie_path.startswith("/"):
+        problems.append(f"cookie_path: must start with /, got {config.cookie_path!r}")
+    if config.session_cookie_minimal:
+        if config.cookie_refresh > 0:
+            problems.append(
+                "session_cookie_minimal: cannot refresh sessions without tokens; "
+                "set cookie_refresh to 0 or turn session_cookie_minimal off"
+            )
+        for key in ("pass_access_token", "pass_authorization_header", "set_authorization_header"):
+            if getattr(config, key):
+                problems.append(
+                    f"session_cookie_minimal: {key} needs the tokens that a minimal "
+                    "session drops; turn one of them off"
+                )
+    if config.session_store_type == "redis":
+        problems.append(
+            "session_store_type: redis is not supported yet (it comes in a later version); "
+            "use cookie"
+        )
+    elif config.session_store_type != "cookie":
+        problems.append(f"session_store_type: must be cookie, got {config.session_store_type!r}")
+
+
+def _is_token_char(char: str) -> bool:
+    return 32 < ord(char) < 127 and char not in _COOKIE_NAME_SEPARATORS
+
+
+def _check_urls(config: Config, problems: list[str]) -> None:
+    for key in _URL_OPTIONS:
+        value: str = getattr(config, key)
+        if value and _http_url(value) is None:
+            problems.append(
+                f"{key}: must be an absolute http:// or https:// URL, got {_shown(value)!r}"
+            )
+
+
+def _http_url(value: str) -> SplitResult | None:
+    """``value`` split, if it is an absolute http(s) URL with a host and a valid port."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return parts
+
+
+def _shown(url: str) -> str:
+    """``url`` without any password it carries, fit for an error message."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
+
+
+def _check_upstreams(config: Config, problems: list[str]) -> None:
+    for upstream in config.upstreams:
+        scheme = upstream.partition("://")[0].lower() if "://" in upstream else ""
+        if scheme in _LATER_UPSTREAM_SCHEMES:
+            problems.append(
+                f"upstreams: {_shown(upstream)!r}: {scheme}:// upstreams are not supported "
+                "yet (they come in a later version); use an http:// or https:// URL"
+            )
+        elif _http_url(upstream) is None:
+            problems.append(
+                f"upstreams: {_shown(upstream)!r}: must be an http:// or https:// URL with "
+                "a host, e.g. http://127.0.0.1:8080/"
+            )
+
+
+def _check_authorization(config: Config, problems: list[str]) -> None:
+    if not config.email_domains and not config.authenticated_emails_file:
+        problems.append(
+            "email_domains: give at least one email domain (* allows any) or an "
+            "authenticated_emails_file"
+        )
+    path = config.authenticated_emails_file
+    if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        problems.append(
+            f"authenticated_emails_file: {path!r} does not exist or is not a readable file"
+        )
+    headers = {header.lower(): header for header in REAL_CLIENT_IP_HEADERS}
+    if config.real_client_ip_header.lower() not in headers:
+        problems.append(
+            f"real_client_ip_header: must be one of {', '.join(REAL_CLIENT_IP_HEADERS)}, "
+            f"got {config.real_client_ip_header!r}"
+        )
+
+
+def _check_server(config: Config, problems: list[str]) -> None:
+    try:
+        listen_description(config.http_address)
+    except ValueError as e:
+        problems.append(f"http_address: {e}")
+    prefix = config.proxy_prefix
+    if not prefix.startswith("/") or prefix.endswith("/"):
+        problems.append(
+            f"proxy_prefix: must start with / and not end with /, e.g. /oauth2, got {prefix!r}"
+        )
+    for key in ("ping_path", "ready_path"):
+        value: str = getattr(config, key)
+        if not value.startswith("/"):
+            problems.append(f"{key}: must start with /, got {value!r}")
+
+
+def _warnings(config: Config) -> list[str]:
+    warnings: list[str] = []
+    if config.cookie_secure and urlsplit(config.redirect_url).scheme.lower() == "http":
+        warnings.append(
+            "cookie_secure is on but redirect_url is http://: the browser will not send the "
+            "Secure cookie over http, so logins will fail; use https or --cookie-secure=false"
+        )
+    for key, consequence in _INSECURE_OPTIONS.items():
+        if getattr(config, key):
+            warnings.append(f"{key} is on: {consequence}; do not use this in production")
+    return warnings

@@ -1,0 +1,41 @@
+"""``twistd oauthgate``: parse options, load the configuration, build the service.
+
+Configuration and plugin problems end start-up here with exit status 1 and one line per
+problem on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application.service import IService
+
+from oauthgate.config.flags import Options
+from oauthgate.config.loader import load_config
+from oauthgate.errors import ConfigError, PluginError
+from oauthgate.plugins import Plugins
+
+__all__ = ["Options", "makeService"]
+
+
+def _fail(lines: list[str]) -> SystemExit:
+    for line in lines:
+        print(f"oauthgate: {line}", file=sys.stderr)
+    return SystemExit(1)
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor  # the one import of the global reactor
+
+    from oauthgate.service import build_service
+
+    try:
+        config, warnings = load_config(options.given, os.environ, options["config"])
+        for warning in warnings:
+            print(f"oauthgate: warning: {warning}", file=sys.stderr)
+        return build_service(config, reactor=reactor, plugins=Plugins.from_entry_points())
+    except ConfigError as e:
+        raise _fail(list(e.problems)) from None
+    except PluginError as e:
+        raise _fail(str(e).splitlines()) from None
