@@ -261,14 +261,18 @@ def _from_toml(spec: OptionSpec, raw: object) -> object:
     if spec.kind == "bool":
         if isinstance(raw, bool):
             return raw
-        hint = ""
         if isinstance(raw, str):
-            with contextlib.suppress(ValueError):
-                hint = f" (write {spec.key} = {str(parse_bool(raw)).lower()}, without quotes)"
-        raise ValueError(f"expected true or false, got {_toml_type(raw)}{hint}")
+            # oauth2-proxy (viper) reads "false" as false: such files must load unchanged.
+            try:
+                return parse_bool(raw)
+            except ValueError:
+                pass
+        raise ValueError(f"expected true or false, got {_toml_type(raw)}")
     if spec.kind == "int":
         if isinstance(raw, int) and not isinstance(raw, bool):
             return raw
+        if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+            return int(raw)
         raise ValueError(f"expected a whole number, got {_toml_type(raw)}")
     if spec.kind == "duration":
         if isinstance(raw, str):

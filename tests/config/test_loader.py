@@ -194,14 +194,16 @@ class FileTests(LoaderTestCase):
             (43200.0, 3600.0, 2.5),
         )
 
-    def test_a_quoted_bool_names_key_line_and_the_fix(self) -> None:
-        path = self.write('client_id = "app"\ncookie_secure = "false"\n')
+    def test_a_quoted_bool_loads_as_oauth2_proxy_reads_it(self) -> None:
+        path = self.write('client_id = "app"\ncookie_secure = "false"\ncookie_httponly = "true"\n')
+        config, _ = self.load(config_file=path)
+        self.assertEqual((config.cookie_secure, config.cookie_httponly), (False, True))
+
+    def test_a_string_that_is_no_bool_names_key_and_line(self) -> None:
+        path = self.write('client_id = "app"\ncookie_secure = "sometimes"\n')
         self.assertEqual(
             self.problems(config_file=path),
-            (
-                f"{path}:2: cookie_secure: expected true or false, got a string "
-                "(write cookie_secure = false, without quotes)",
-            ),
+            (f"{path}:2: cookie_secure: expected true or false, got a string",),
         )
 
     def test_wrong_types_name_what_is_right(self) -> None:
