@@ -1,0 +1,209 @@
+"""Config -> components -> MultiService. The only module that knows concrete classes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from treq.client import HTTPClient
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+from zope.interface.verify import verifyObject
+
+from oauthgate.authz.emails import EmailAuthorizer
+from oauthgate.authz.groups import GroupsAuthorizer
+from oauthgate.config.loader import DEMO_IDP_PORT, DEMO_UPSTREAM_PORT
+from oauthgate.config.options import Config
+from oauthgate.config.validate import listen_description
+from oauthgate.errors import ConfigError
+from oauthgate.interfaces import IAuthorizer, IProvider, ISessionStore, IUpstream
+from oauthgate.plugins import Plugins
+from oauthgate.sessions.cookie_store import CookieSessionStore
+from oauthgate.sessions.cookies import CookieSettings
+from oauthgate.sessions.crypto import Sealer, decode_secret
+from oauthgate.tls import client_tls_policy
+from oauthgate.upstreams.http import HTTPUpstream
+from oauthgate.web.gate import Gate, GateResource
+from oauthgate.web.identity import IdentityHeaders
+from oauthgate.web.pages import Pages
+from oauthgate.web.redirects import RedirectValidator
+from oauthgate.web.site import GateSite
+
+__all__ = ["Components", "OAuthGateService", "build_components", "build_service"]
+
+log = Logger()
+
+
+def provider_http_client(config: Config, reactor: Any) -> HTTPClient:
+    """The HTTP client providers talk to the identity provider with (pooled, TLS as set)."""
+    try:
+        policy = client_tls_policy(insecure_skip_verify=config.ssl_insecure_skip_verify,
+                                   ca_files=config.provider_ca_files)
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"provider_ca_files: cannot load: {e}"]) from None
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
+@attrs.frozen
+class Components:
+    """The assembled parts; tests build a gate from these without listening anywhere."""
+
+    gate: Gate
+    provider: IProvider
+    store: ISessionStore
+    authorizers: tuple[IAuthorizer, ...]
+    upstreams: tuple[IUpstream, ...]
+
+
+def build_components(
+    config: Config,
+    *,
+    reactor: Any,
+    plugins: Plugins,
+    http_client: Any = None,
+    upstream_factory: Callable[[str], IUpstream] | None = None,
+    random: Callable[[int], bytes] = os.urandom,
+) -> Components:
+    """Build and check every component the configuration names.
+
+    Raises ConfigError or PluginError (both end start-up with a readable message).
+    """
+    if http_client is None:
+        http_client = provider_http_client(config, reactor)
+    factory = plugins.provider_factory(config.provider)
+    provider = factory.build(config, http_client, reactor)
+    verifyObject(IProvider, provider)
+
+    sealer = Sealer(decode_secret(config.cookie_secret), random=random)
+    store = CookieSessionStore(
+        sealer, reactor, purpose=config.cookie_name, lifetime=config.cookie_expire,
+        minimal=config.session_cookie_minimal,
+    )
+    verifyObject(ISessionStore, store)
+
+    authorizers: list[IAuthorizer] = [EmailAuthorizer.from_config(config, reactor)]
+    if [g for g in config.allowed_groups if g]:
+        authorizers.append(GroupsAuthorizer(config.allowed_groups))
+    for authorizer in authorizers:
+        verifyObject(IAuthorizer, authorizer)
+
+    if upstream_factory is None:
+        def upstream_factory(url: str) -> IUpstream:
+            return HTTPUpstream.from_config(url, config, reactor)
+    upstreams = [upstream_factory(url) for url in config.upstreams]
+    for upstream in upstreams:
+        verifyObject(IUpstream, upstream)
+    upstreams.sort(key=lambda u: len(u.path), reverse=True)
+
+    gate = Gate(
+        config=config,
+        provider=provider,
+        store=store,
+        sealer=sealer,
+        cookie=CookieSettings.from_config(config),
+        authorizers=tuple(authorizers),
+        upstreams=tuple(upstreams),
+        redirects=RedirectValidator.from_domains(config.whitelist_domains),
+        identity=IdentityHeaders.from_config(config),
+        pages=Pages.from_config(config, str(provider.display_name)),
+        clock=reactor,
+        http_client=http_client,
+        random=random,
+    )
+    return Components(gate, provider, store, tuple(authorizers), tuple(upstreams))
+
+
+class OAuthGateService(MultiService):
+    """Starts the listeners, the file watchers, and warms the provider (discovery)."""
+
+    def __init__(self, components: Components) -> None:
+        MultiService.__init__(self)
+        self.components = components
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        for authorizer in self.components.authorizers:
+            start = getattr(authorizer, "start", None)
+            if start is not None:
+                start()
+        warm = getattr(self.components.provider, "start", None)
+        if warm is not None:
+            d = Deferred.fromCoroutine(warm()) if _is_coroutine_fn(warm) else warm()
+            if isinstance(d, Deferred):
+                d.addErrback(
+                    lambda f: log.error(
+                        "Identity provider not reachable yet ({error}); will retry on first login",
+                        error=str(f.value),
+                    )
+                )
+
+    def stopService(self) -> Any:
+        for authorizer in self.components.authorizers:
+            stop = getattr(authorizer, "stop", None)
+            if stop is not None:
+                stop()
+        return MultiService.stopService(self)
+
+
+def _is_coroutine_fn(fn: Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
+def build_service(config: Config, *, reactor: Any, plugins: Plugins) -> MultiService:
+    """The whole oauthgate process as one service: the web server and, in demo mode, the
+    built-in identity provider and echo upstream."""
+    components = build_components(config, reactor=reactor, plugins=plugins)
+    service = OAuthGateService(components)
+    gate = components.gate
+    site = GateSite(
+        GateResource(gate),
+        enabled=config.request_logging,
+        exclude_paths=_excluded_paths(config),
+        client_ip=gate.client_ip,
+    )
+    try:
+        description = listen_description(config.http_address)
+    except ValueError as e:
+        raise ConfigError([f"http_address: {e}"]) from None
+    strports.service(description, site).setServiceParent(service)
+    if config.demo:
+        _add_demo(service, config, reactor)
+    return service
+
+
+def _excluded_paths(config: Config) -> list[str]:
+    paths = list(config.exclude_logging_paths)
+    if config.silence_ping_logging:
+        paths += [config.ping_path, config.ready_path]
+    return paths
+
+
+def _add_demo(service: MultiService, config: Config, reactor: Any) -> None:
+    from twisted.web.server import Site
+
+    from oauthgate.testing.echo import EchoResource
+    from oauthgate.testing.fakeidp import FakeIdP
+
+    idp = FakeIdP(config.oidc_issuer_url.rstrip("/"), reactor,
+                  clients={config.client_id: config.client_secret})
+    idp_site = Site(idp.resource())
+    idp_site.noisy = False
+    echo_site = Site(EchoResource())
+    echo_site.noisy = False
+    strports.service(f"tcp:{DEMO_IDP_PORT}:interface=127.0.0.1", idp_site).setServiceParent(service)
+    strports.service(
+        f"tcp:{DEMO_UPSTREAM_PORT}:interface=127.0.0.1", echo_site
+    ).setServiceParent(service)
+    log.info(
+        "Demo mode: open http://127.0.0.1:4180/ (identity provider on {idp}, echo upstream on "
+        "{echo}). Never use --demo in production.",
+        idp=config.oidc_issuer_url, echo=f"http://127.0.0.1:{DEMO_UPSTREAM_PORT}/",
+    )
