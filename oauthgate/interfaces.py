@@ -78,7 +78,9 @@ class IProvider(Interface):
     ) -> Awaitable[str]:
         """The absolute URL of the provider's authorization endpoint to send the browser to."""
 
-    def redeem(code: str, code_verifier: str | None, redirect_uri: str, nonce: str) -> Awaitable[Session]:
+    def redeem(
+        code: str, code_verifier: str | None, redirect_uri: str, nonce: str
+    ) -> Awaitable[Session]:
         """Exchange an authorization code for a verified session.
 
         The id_token (if any) is verified (signature, issuer, audience, expiry, and

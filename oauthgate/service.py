@@ -42,8 +42,9 @@ log = Logger()
 def provider_http_client(config: Config, reactor: Any) -> HTTPClient:
     """The HTTP client providers talk to the identity provider with (pooled, TLS as set)."""
     try:
-        policy = client_tls_policy(insecure_skip_verify=config.ssl_insecure_skip_verify,
-                                   ca_files=config.provider_ca_files)
+        policy = client_tls_policy(
+            insecure_skip_verify=config.ssl_insecure_skip_verify, ca_files=config.provider_ca_files
+        )
     except (OSError, ValueError) as e:
         raise ConfigError([f"provider_ca_files: cannot load: {e}"]) from None
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -82,7 +83,10 @@ def build_components(
 
     sealer = Sealer(decode_secret(config.cookie_secret), random=random)
     store = CookieSessionStore(
-        sealer, reactor, purpose=config.cookie_name, lifetime=config.cookie_expire,
+        sealer,
+        reactor,
+        purpose=config.cookie_name,
+        lifetime=config.cookie_expire,
         minimal=config.session_cookie_minimal,
     )
     verifyObject(ISessionStore, store)
@@ -94,8 +98,10 @@ def build_components(
         verifyObject(IAuthorizer, authorizer)
 
     if upstream_factory is None:
+
         def upstream_factory(url: str) -> IUpstream:
             return HTTPUpstream.from_config(url, config, reactor)
+
     upstreams = [upstream_factory(url) for url in config.upstreams]
     for upstream in upstreams:
         verifyObject(IUpstream, upstream)
@@ -192,18 +198,22 @@ def _add_demo(service: MultiService, config: Config, reactor: Any) -> None:
     from oauthgate.testing.echo import EchoResource
     from oauthgate.testing.fakeidp import FakeIdP
 
-    idp = FakeIdP(config.oidc_issuer_url.rstrip("/"), reactor,
-                  clients={config.client_id: config.client_secret})
+    idp = FakeIdP(
+        config.oidc_issuer_url.rstrip("/"),
+        reactor,
+        clients={config.client_id: config.client_secret},
+    )
     idp_site = Site(idp.resource())
     idp_site.noisy = False
     echo_site = Site(EchoResource())
     echo_site.noisy = False
     strports.service(f"tcp:{DEMO_IDP_PORT}:interface=127.0.0.1", idp_site).setServiceParent(service)
-    strports.service(
-        f"tcp:{DEMO_UPSTREAM_PORT}:interface=127.0.0.1", echo_site
-    ).setServiceParent(service)
+    strports.service(f"tcp:{DEMO_UPSTREAM_PORT}:interface=127.0.0.1", echo_site).setServiceParent(
+        service
+    )
     log.info(
         "Demo mode: open http://127.0.0.1:4180/ (identity provider on {idp}, echo upstream on "
         "{echo}). Never use --demo in production.",
-        idp=config.oidc_issuer_url, echo=f"http://127.0.0.1:{DEMO_UPSTREAM_PORT}/",
+        idp=config.oidc_issuer_url,
+        echo=f"http://127.0.0.1:{DEMO_UPSTREAM_PORT}/",
     )

@@ -72,8 +72,15 @@ class Session:
             session = cls(**kwargs)
         except (TypeError, ValueError) as e:
             raise ValueError(f"malformed session data: {e}") from None
-        for name in ("user", "email", "preferred_username", "access_token", "id_token",
-                     "refresh_token", "provider"):
+        for name in (
+            "user",
+            "email",
+            "preferred_username",
+            "access_token",
+            "id_token",
+            "refresh_token",
+            "provider",
+        ):
             if not isinstance(getattr(session, name), str):
                 raise ValueError(f"malformed session data: {name} is not a string")
         if not isinstance(session.created_at, int | float):

@@ -36,8 +36,9 @@ class _NoVerifyPolicy:
         return _Unverified(hostname)
 
 
-def client_tls_policy(*, insecure_skip_verify: bool = False,
-                      ca_files: Sequence[str] = ()) -> IPolicyForHTTPS:
+def client_tls_policy(
+    *, insecure_skip_verify: bool = False, ca_files: Sequence[str] = ()
+) -> IPolicyForHTTPS:
     """The Agent TLS policy: the system trust store, or only ``ca_files``, or (only when an
     operator asks for it with an ``insecure`` option) no verification at all."""
     if insecure_skip_verify:

@@ -8,7 +8,6 @@ one line each, and no line ever contains a secret value.
 from __future__ import annotations
 
 import base64
-import contextlib
 import difflib
 import os
 import re

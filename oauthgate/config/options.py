@@ -35,8 +35,14 @@ class OptionSpec:
         return (f"OAUTHGATE_{upper}", f"OAUTH2_PROXY_{upper}")
 
 
-def _opt(default: Any, help: str, *, kind: Kind | None = None, flag: str | None = None,
-         secret: bool = False) -> Any:
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    kind: Kind | None = None,
+    flag: str | None = None,
+    secret: bool = False,
+) -> Any:
     if kind is None:
         if isinstance(default, bool):
             kind = "bool"
@@ -58,20 +64,36 @@ class Config:
     """
 
     # --- server -----------------------------------------------------------------------
-    http_address: str = _opt("127.0.0.1:4180", "[http://]host:port, or a Twisted endpoint "
-                             "description such as tcp:4180:interface=0.0.0.0 or unix:/run/oauthgate.sock")
+    http_address: str = _opt(
+        "127.0.0.1:4180",
+        "[http://]host:port, or a Twisted endpoint "
+        "description such as tcp:4180:interface=0.0.0.0 or unix:/run/oauthgate.sock",
+    )
     proxy_prefix: str = _opt("/oauth2", "the path prefix of oauthgate's own endpoints")
-    reverse_proxy: bool = _opt(False, "trust X-Forwarded-Proto/-Host/-Uri and the real client IP header "
-                               "(only behind a proxy that sets them)")
-    real_client_ip_header: str = _opt("X-Real-IP", "header with the client address when --reverse-proxy "
-                                      "is on: X-Real-IP, X-Forwarded-For, X-ProxyUser-IP, "
-                                      "X-Envoy-External-Address or CF-Connecting-IP")
-    redirect_url: str = _opt("", "the OAuth redirect URL, e.g. https://app.example.com/oauth2/callback "
-                             "(default: derived from each request's host)")
-    relative_redirect_url: bool = _opt(False, "send a relative redirect_uri (/oauth2/callback) to the provider")
+    reverse_proxy: bool = _opt(
+        False,
+        "trust X-Forwarded-Proto/-Host/-Uri and the real client IP header "
+        "(only behind a proxy that sets them)",
+    )
+    real_client_ip_header: str = _opt(
+        "X-Real-IP",
+        "header with the client address when --reverse-proxy "
+        "is on: X-Real-IP, X-Forwarded-For, X-ProxyUser-IP, "
+        "X-Envoy-External-Address or CF-Connecting-IP",
+    )
+    redirect_url: str = _opt(
+        "",
+        "the OAuth redirect URL, e.g. https://app.example.com/oauth2/callback "
+        "(default: derived from each request's host)",
+    )
+    relative_redirect_url: bool = _opt(
+        False, "send a relative redirect_uri (/oauth2/callback) to the provider"
+    )
 
     # --- provider ---------------------------------------------------------------------
-    provider: str = _opt("google", "the identity provider type (an installed oauthgate.providers plugin)")
+    provider: str = _opt(
+        "google", "the identity provider type (an installed oauthgate.providers plugin)"
+    )
     provider_display_name: str = _opt("", "the provider name on the sign-in button")
     client_id: str = _opt("", "the OAuth client id")
     client_secret: str = _opt("", "the OAuth client secret", secret=True)
@@ -79,93 +101,153 @@ class Config:
     login_url: str = _opt("", "the authorization endpoint (default: from discovery)")
     redeem_url: str = _opt("", "the token endpoint (default: from discovery)")
     profile_url: str = _opt("", "the userinfo endpoint (default: from discovery)")
-    scope: str = _opt("", "space-separated OAuth scopes (default: 'openid email profile', plus "
-                      "'groups' when --allowed-group is set)")
-    prompt: str = _opt("", "OIDC prompt parameter (none, login, consent, select_account); "
-                       "overrides --approval-prompt")
-    approval_prompt: str = _opt("force", "legacy approval_prompt parameter, sent when --prompt is empty")
+    scope: str = _opt(
+        "",
+        "space-separated OAuth scopes (default: 'openid email profile', plus "
+        "'groups' when --allowed-group is set)",
+    )
+    prompt: str = _opt(
+        "",
+        "OIDC prompt parameter (none, login, consent, select_account); overrides --approval-prompt",
+    )
+    approval_prompt: str = _opt(
+        "force", "legacy approval_prompt parameter, sent when --prompt is empty"
+    )
     acr_values: str = _opt("", "acr_values sent to the provider")
-    code_challenge_method: str = _opt("", "PKCE code challenge method: S256 or plain (empty: PKCE off)")
+    code_challenge_method: str = _opt(
+        "", "PKCE code challenge method: S256 or plain (empty: PKCE off)"
+    )
     oidc_issuer_url: str = _opt("", "the OpenID Connect issuer URL (discovery and iss check)")
-    skip_oidc_discovery: bool = _opt(False, "do not use discovery; then --login-url, --redeem-url and "
-                                     "--oidc-jwks-url are required")
+    skip_oidc_discovery: bool = _opt(
+        False,
+        "do not use discovery; then --login-url, --redeem-url and --oidc-jwks-url are required",
+    )
     oidc_jwks_url: str = _opt("", "the JWKS URL when discovery is skipped")
     oidc_email_claim: str = _opt("email", "the claim holding the email (dotted paths allowed)")
     oidc_groups_claim: str = _opt("groups", "the claim holding the groups (dotted paths allowed)")
-    user_id_claim: str = _opt("email", "deprecated: the claim used as user id; when it differs from "
-                              "'email' and --oidc-email-claim is default it becomes the email claim")
-    oidc_audience_claims: tuple[str, ...] = _opt(("aud",), "claims checked for the audience, first "
-                                                 "present wins", flag="oidc-audience-claim")
-    oidc_extra_audiences: tuple[str, ...] = _opt((), "audiences accepted besides the client id",
-                                                 flag="oidc-extra-audience")
+    user_id_claim: str = _opt(
+        "email",
+        "deprecated: the claim used as user id; when it differs from "
+        "'email' and --oidc-email-claim is default it becomes the email claim",
+    )
+    oidc_audience_claims: tuple[str, ...] = _opt(
+        ("aud",), "claims checked for the audience, first present wins", flag="oidc-audience-claim"
+    )
+    oidc_extra_audiences: tuple[str, ...] = _opt(
+        (), "audiences accepted besides the client id", flag="oidc-extra-audience"
+    )
     insecure_oidc_allow_unverified_email: bool = _opt(False, "accept email_verified=false")
-    insecure_oidc_skip_issuer_verification: bool = _opt(False, "do not check the id_token iss "
-                                                        "(multi-tenant Azure)")
-    insecure_oidc_skip_nonce: bool = _opt(False, "do not check the id_token nonce (oauth2-proxy "
-                                          "defaults to skipping it; oauthgate checks it)")
-    skip_claims_from_profile_url: bool = _opt(False, "never call the userinfo endpoint for missing claims")
-    allowed_groups: tuple[str, ...] = _opt((), "only users in at least one of these groups may pass",
-                                           flag="allowed-group")
-    backend_logout_url: str = _opt("", "URL called (GET) on sign-out; {id_token} is replaced by the "
-                                   "session's id_token")
-    provider_ca_files: tuple[str, ...] = _opt((), "CA certificates (PEM) trusted for the provider's "
-                                              "TLS instead of the system store",
-                                              flag="provider-ca-file")
-    ssl_insecure_skip_verify: bool = _opt(False, "skip TLS verification of the provider (testing only)")
+    insecure_oidc_skip_issuer_verification: bool = _opt(
+        False, "do not check the id_token iss (multi-tenant Azure)"
+    )
+    insecure_oidc_skip_nonce: bool = _opt(
+        False,
+        "do not check the id_token nonce (oauth2-proxy "
+        "defaults to skipping it; oauthgate checks it)",
+    )
+    skip_claims_from_profile_url: bool = _opt(
+        False, "never call the userinfo endpoint for missing claims"
+    )
+    allowed_groups: tuple[str, ...] = _opt(
+        (), "only users in at least one of these groups may pass", flag="allowed-group"
+    )
+    backend_logout_url: str = _opt(
+        "", "URL called (GET) on sign-out; {id_token} is replaced by the session's id_token"
+    )
+    provider_ca_files: tuple[str, ...] = _opt(
+        (),
+        "CA certificates (PEM) trusted for the provider's TLS instead of the system store",
+        flag="provider-ca-file",
+    )
+    ssl_insecure_skip_verify: bool = _opt(
+        False, "skip TLS verification of the provider (testing only)"
+    )
 
     # --- cookie and session -----------------------------------------------------------
     cookie_name: str = _opt("_oauth2_proxy", "the session cookie name")
-    cookie_secret: str = _opt("", "the cookie sealing secret: 16, 24 or 32 bytes, raw or base64",
-                              secret=True)
+    cookie_secret: str = _opt(
+        "", "the cookie sealing secret: 16, 24 or 32 bytes, raw or base64", secret=True
+    )
     cookie_secret_file: str = _opt("", "a file holding the cookie secret")
-    cookie_domains: tuple[str, ...] = _opt((), "cookie domains; the longest one the request host ends "
-                                           "with is used", flag="cookie-domain")
+    cookie_domains: tuple[str, ...] = _opt(
+        (),
+        "cookie domains; the longest one the request host ends with is used",
+        flag="cookie-domain",
+    )
     cookie_path: str = _opt("/", "the cookie Path")
-    cookie_expire: float = _opt(7 * 24 * 3600.0, "session lifetime (Go duration, e.g. 168h); "
-                                "0 makes a browser-session cookie", kind="duration")
-    cookie_refresh: float = _opt(0.0, "refresh the session at the provider when it is older than "
-                                 "this (0: off)", kind="duration")
+    cookie_expire: float = _opt(
+        7 * 24 * 3600.0,
+        "session lifetime (Go duration, e.g. 168h); 0 makes a browser-session cookie",
+        kind="duration",
+    )
+    cookie_refresh: float = _opt(
+        0.0,
+        "refresh the session at the provider when it is older than this (0: off)",
+        kind="duration",
+    )
     cookie_secure: bool = _opt(True, "set the cookie Secure attribute")
     cookie_httponly: bool = _opt(True, "set the cookie HttpOnly attribute")
     cookie_samesite: str = _opt("", "the cookie SameSite attribute: lax, strict, none or empty")
-    cookie_csrf_expire: float = _opt(15 * 60.0, "lifetime of the login (CSRF) cookie", kind="duration")
+    cookie_csrf_expire: float = _opt(
+        15 * 60.0, "lifetime of the login (CSRF) cookie", kind="duration"
+    )
     session_store_type: str = _opt("cookie", "where sessions live: cookie")
     session_cookie_minimal: bool = _opt(False, "keep tokens out of the session")
 
     # --- authorization ----------------------------------------------------------------
-    email_domains: tuple[str, ...] = _opt((), "allowed email domains: example.com, .example.com "
-                                          "(sub-domains) or * (any)", flag="email-domain")
-    authenticated_emails_file: str = _opt("", "a file of allowed emails, one per line (reloaded "
-                                          "when it changes)")
-    whitelist_domains: tuple[str, ...] = _opt((), "domains allowed as absolute redirect targets: "
-                                              "example.com, .example.com, example.com:8443, "
-                                              "example.com:*", flag="whitelist-domain")
-    skip_provider_button: bool = _opt(False, "skip the sign-in page and go straight to the provider")
+    email_domains: tuple[str, ...] = _opt(
+        (),
+        "allowed email domains: example.com, .example.com (sub-domains) or * (any)",
+        flag="email-domain",
+    )
+    authenticated_emails_file: str = _opt(
+        "", "a file of allowed emails, one per line (reloaded when it changes)"
+    )
+    whitelist_domains: tuple[str, ...] = _opt(
+        (),
+        "domains allowed as absolute redirect targets: "
+        "example.com, .example.com, example.com:8443, "
+        "example.com:*",
+        flag="whitelist-domain",
+    )
+    skip_provider_button: bool = _opt(
+        False, "skip the sign-in page and go straight to the provider"
+    )
     force_json_errors: bool = _opt(False, "answer 401/403 with JSON instead of pages or redirects")
 
     # --- headers ----------------------------------------------------------------------
-    pass_user_headers: bool = _opt(True, "send X-Forwarded-User/-Email/-Groups/-Preferred-Username "
-                                   "upstream")
-    pass_basic_auth: bool = _opt(True, "send user headers and, with --basic-auth-password, "
-                                 "Authorization: Basic upstream")
-    basic_auth_password: str = _opt("", "the password of the Basic Authorization header", secret=True)
+    pass_user_headers: bool = _opt(
+        True, "send X-Forwarded-User/-Email/-Groups/-Preferred-Username upstream"
+    )
+    pass_basic_auth: bool = _opt(
+        True, "send user headers and, with --basic-auth-password, Authorization: Basic upstream"
+    )
+    basic_auth_password: str = _opt(
+        "", "the password of the Basic Authorization header", secret=True
+    )
     prefer_email_to_user: bool = _opt(False, "use the email as the user in X-Forwarded-User")
     pass_access_token: bool = _opt(False, "send X-Forwarded-Access-Token upstream")
     pass_authorization_header: bool = _opt(False, "send Authorization: Bearer <id_token> upstream")
-    set_xauthrequest: bool = _opt(False, "answer X-Auth-Request-User/-Email/-Groups/"
-                                  "-Preferred-Username (and -Access-Token with "
-                                  "--pass-access-token)")
+    set_xauthrequest: bool = _opt(
+        False,
+        "answer X-Auth-Request-User/-Email/-Groups/"
+        "-Preferred-Username (and -Access-Token with "
+        "--pass-access-token)",
+    )
     set_authorization_header: bool = _opt(False, "answer Authorization: Bearer <id_token>")
     set_basic_auth: bool = _opt(False, "answer Authorization: Basic")
     pass_host_header: bool = _opt(True, "send the client's Host header upstream")
-    skip_auth_strip_headers: bool = _opt(True, "remove client copies of identity headers "
-                                         "(always on in oauthgate's proxy path)")
+    skip_auth_strip_headers: bool = _opt(
+        True, "remove client copies of identity headers (always on in oauthgate's proxy path)"
+    )
 
     # --- upstreams --------------------------------------------------------------------
-    upstreams: tuple[str, ...] = _opt((), "the upstream: http(s)://host[:port][/path]",
-                                      flag="upstream")
-    upstream_timeout: float = _opt(30.0, "how long to wait for the upstream's response headers",
-                                   kind="duration")
+    upstreams: tuple[str, ...] = _opt(
+        (), "the upstream: http(s)://host[:port][/path]", flag="upstream"
+    )
+    upstream_timeout: float = _opt(
+        30.0, "how long to wait for the upstream's response headers", kind="duration"
+    )
     ssl_upstream_insecure_skip_verify: bool = _opt(False, "skip TLS verification of the upstream")
 
     # --- pages ------------------------------------------------------------------------
@@ -180,7 +262,9 @@ class Config:
     request_logging: bool = _opt(True, "log one line per request")
     auth_logging: bool = _opt(True, "log authentication events")
     silence_ping_logging: bool = _opt(False, "do not log ping and ready requests")
-    exclude_logging_paths: tuple[str, ...] = _opt((), "paths not logged", flag="exclude-logging-path")
+    exclude_logging_paths: tuple[str, ...] = _opt(
+        (), "paths not logged", flag="exclude-logging-path"
+    )
 
     # --- oauthgate only ---------------------------------------------------------------
     demo: bool = _opt(False, "run with the built-in test identity provider and an echo upstream")
@@ -195,14 +279,16 @@ def _build_specs() -> tuple[OptionSpec, ...]:
     specs = []
     for field in attrs.fields(Config):
         meta = field.metadata["oauthgate"]
-        specs.append(OptionSpec(
-            key=field.name,
-            flag=meta["flag"] or field.name.replace("_", "-"),
-            kind=meta["kind"],
-            default=field.default,
-            help=meta["help"],
-            secret=meta["secret"],
-        ))
+        specs.append(
+            OptionSpec(
+                key=field.name,
+                flag=meta["flag"] or field.name.replace("_", "-"),
+                kind=meta["kind"],
+                default=field.default,
+                help=meta["help"],
+                secret=meta["secret"],
+            )
+        )
     return tuple(specs)
 
 

@@ -55,7 +55,7 @@ _ROBOTS = b"User-agent: *\nDisallow: /\n"
 _REFRESH_MEMORY = 30.0
 
 
-def _header(request: Request, name: bytes) -> str | None:
+def _header(request: Request, name: str) -> str | None:
     value = request.getHeader(name)
     return None if value is None else value
 
@@ -64,14 +64,15 @@ def _arg(request: Request, name: bytes) -> str | None:
     values = request.args.get(name)
     if not values:
         return None
+    first: bytes = values[0]
     try:
-        return values[0].decode("utf-8")
+        return first.decode("utf-8")
     except UnicodeDecodeError:
         return None
 
 
 def _wants_json(request: Request) -> bool:
-    accept = request.getHeader(b"accept") or ""
+    accept = request.getHeader("accept") or ""
     return "application/json" in accept and "text/html" not in accept
 
 
@@ -120,7 +121,7 @@ class Gate:
         """The client's address: the peer, or with ``--reverse-proxy`` the configured header
         (for X-Forwarded-For the right-most entry, the one the nearest proxy added)."""
         if self.config.reverse_proxy:
-            raw = request.getHeader(self.config.real_client_ip_header.encode())
+            raw = request.getHeader(self.config.real_client_ip_header)
             if raw:
                 candidate = raw.split(",")[-1].strip()
                 if candidate:
@@ -130,17 +131,17 @@ class Gate:
 
     def _scheme(self, request: Request) -> str:
         if self.config.reverse_proxy:
-            proto = request.getHeader(b"x-forwarded-proto")
+            proto = request.getHeader("x-forwarded-proto")
             if proto in ("http", "https"):
                 return proto
         return "https" if request.isSecure() else "http"
 
     def _host(self, request: Request) -> str:
         if self.config.reverse_proxy:
-            forwarded = request.getHeader(b"x-forwarded-host")
+            forwarded = request.getHeader("x-forwarded-host")
             if forwarded:
                 return forwarded
-        return (request.getHeader(b"host") or "").strip()
+        return (request.getHeader("host") or "").strip()
 
     # --- the request's way ---------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class Gate:
         self.identity.strip_from(request.requestHeaders)
 
         if path == self._prefix or path.startswith(self._prefix + "/"):
-            endpoint = path[len(self._prefix):]
+            endpoint = path[len(self._prefix) :]
             if endpoint == "/auth":
                 return await self._auth(request)
             for name, value in _NO_CACHE:
@@ -200,7 +201,9 @@ class Gate:
         refresh_after = self.config.cookie_refresh
         return session.is_expired(now) or (refresh_after > 0 and session.age(now) > refresh_after)
 
-    async def _maybe_refresh(self, request: Request, value: str, session: Session) -> Session | None:
+    async def _maybe_refresh(
+        self, request: Request, value: str, session: Session
+    ) -> Session | None:
         now = self.clock.seconds()
         if not self._needs_refresh(session, now):
             return session
@@ -217,7 +220,8 @@ class Gate:
                 refreshed = await self.provider.refresh(session)
             except RefreshError as e:
                 self.log.warn(
-                    "Refresh failed for {user}: {reason}", user=session.email or session.user,
+                    "Refresh failed for {user}: {reason}",
+                    user=session.email or session.user,
                     reason=str(e),
                 )
                 if e.fatal or session.is_expired(now):
@@ -321,7 +325,9 @@ class Gate:
         for header in raw:
             for part in header.split(b";"):
                 name = part.split(b"=", 1)[0].strip()
-                if name == own or (name.startswith(own + b"_") and _is_own_suffix(name[len(own) + 1:])):
+                if name == own or (
+                    name.startswith(own + b"_") and _is_own_suffix(name[len(own) + 1 :])
+                ):
                     continue
                 if part.strip():
                     kept.append(part.strip())
@@ -344,12 +350,14 @@ class Gate:
 
     def _requested_redirect(self, request: Request) -> str:
         """``rd`` (query or form), then ``X-Auth-Request-Redirect``; the first valid one, else /."""
-        for candidate in (_arg(request, b"rd"), _header(request, b"x-auth-request-redirect")):
+        for candidate in (_arg(request, b"rd"), _header(request, "x-auth-request-redirect")):
             if candidate and self.redirects.is_valid(candidate):
                 return candidate
             if candidate:
-                self.log.warn("Ignored an invalid redirect target from {client}",
-                              client=self.client_ip(request))
+                self.log.warn(
+                    "Ignored an invalid redirect target from {client}",
+                    client=self.client_ip(request),
+                )
         return "/"
 
     async def _sign_in(self, request: Request) -> None:
@@ -381,8 +389,10 @@ class Gate:
         method = self.config.code_challenge_method or None
         verifier = make_verifier(self.random) if method else None
         redirect_uri = self.redirect_uri(request)
-        payload = json.dumps({"s": state, "n": nonce, "v": verifier, "r": redirect, "u": redirect_uri},
-                             separators=(",", ":")).encode()
+        payload = json.dumps(
+            {"s": state, "n": nonce, "v": verifier, "r": redirect, "u": redirect_uri},
+            separators=(",", ":"),
+        ).encode()
         csrf = self.sealer.seal(payload, self._csrf_purpose, self.clock.seconds())
         url = await self.provider.authorize_url(
             state=state,
@@ -403,43 +413,65 @@ class Gate:
         error = _arg(request, b"error")
         if error:
             self._auth_log(request, None, "AuthFailure", f"provider returned error {error!r}")
-            raise AuthError(403, "login_failed", f"Login failed: the identity provider said {error}.")
+            raise AuthError(
+                403, "login_failed", f"Login failed: the identity provider said {error}."
+            )
         value = cookies.read_value(request, self._csrf.name)
         opened = (
-            self.sealer.open(value, self._csrf_purpose, self.config.cookie_csrf_expire,
-                             self.clock.seconds())
+            self.sealer.open(
+                value, self._csrf_purpose, self.config.cookie_csrf_expire, self.clock.seconds()
+            )
             if value
             else None
         )
         if opened is None:
-            raise AuthError(403, "csrf_missing",
-                            "Unable to find a valid CSRF token. Please try signing in again.")
+            raise AuthError(
+                403,
+                "csrf_missing",
+                "Unable to find a valid CSRF token. Please try signing in again.",
+            )
         try:
             flow = json.loads(opened)
             expected_state, nonce, verifier, redirect, redirect_uri = (
-                flow["s"], flow["n"], flow["v"], flow["r"], flow["u"]
+                flow["s"],
+                flow["n"],
+                flow["v"],
+                flow["r"],
+                flow["u"],
             )
         except (ValueError, KeyError, TypeError):
-            raise AuthError(403, "csrf_missing",
-                            "Unable to find a valid CSRF token. Please try signing in again.") from None
+            raise AuthError(
+                403,
+                "csrf_missing",
+                "Unable to find a valid CSRF token. Please try signing in again.",
+            ) from None
         state = _arg(request, b"state") or ""
         if not secrets.compare_digest(state.encode(), str(expected_state).encode()):
             cookies.clear(request, self._csrf)
-            raise AuthError(403, "state_mismatch", "The login state did not match. Please try again.")
+            raise AuthError(
+                403, "state_mismatch", "The login state did not match. Please try again."
+            )
         cookies.clear(request, self._csrf)
         code = _arg(request, b"code")
         if not code:
-            raise AuthError(400, "missing_code", "The identity provider sent no authorization code.")
+            raise AuthError(
+                400, "missing_code", "The identity provider sent no authorization code."
+            )
         try:
             session = await self.provider.redeem(code, verifier, redirect_uri, nonce)
             session = await self.provider.enrich(session)
         except TokenError as e:
             self._auth_log(request, None, "AuthFailure", f"invalid token: {e}")
-            raise AuthError(403, "invalid_token", "The identity provider's token was not valid.") from None
+            raise AuthError(
+                403, "invalid_token", "The identity provider's token was not valid."
+            ) from None
         except ProviderError as e:
             self._auth_log(request, None, "AuthError", f"provider error: {e}")
-            raise AuthError(502, "provider_error",
-                            "The identity provider could not complete the login. Please try again.") from None
+            raise AuthError(
+                502,
+                "provider_error",
+                "The identity provider could not complete the login. Please try again.",
+            ) from None
         if session.created_at == 0:
             session = attrs.evolve(session, created_at=self.clock.seconds())
         if not session.provider:
@@ -499,7 +531,9 @@ class Gate:
     def _set_user(self, request: Request, user: str) -> None:
         request.oauthgate_user = user  # type: ignore[attr-defined]
 
-    def _auth_log(self, request: Request, session: Session | None, status: str, message: str) -> None:
+    def _auth_log(
+        self, request: Request, session: Session | None, status: str, message: str
+    ) -> None:
         if not self.config.auth_logging:
             return
         self.log.info(
@@ -541,16 +575,33 @@ class Gate:
 
     def render_error(self, request: Request, error: AuthError) -> None:
         if self.config.force_json_errors or _wants_json(request):
-            return self._json(request, error.status, {"error": error.code, "message": error.message})
+            return self._json(
+                request, error.status, {"error": error.code, "message": error.message}
+            )
         redirect = self._requested_redirect(request) if error.status != 404 else "/"
         for name, value in _NO_CACHE:
             request.setHeader(name, value)
-        title = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-                 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-                 504: "Gateway Timeout"}.get(error.status, "Error")
-        self._html(request, error.status,
-                   self.pages.render_error(error.status, title, error.message, redirect=redirect,
-                                           request_id=_request_id(request)))
+        title = {
+            400: "Bad Request",
+            401: "Unauthorized",
+            403: "Forbidden",
+            404: "Not Found",
+            500: "Internal Server Error",
+            502: "Bad Gateway",
+            503: "Service Unavailable",
+            504: "Gateway Timeout",
+        }.get(error.status, "Error")
+        self._html(
+            request,
+            error.status,
+            self.pages.render_error(
+                error.status,
+                title,
+                error.message,
+                redirect=redirect,
+                request_id=_request_id(request),
+            ),
+        )
 
 
 def _is_own_suffix(suffix: bytes) -> bool:
@@ -566,7 +617,7 @@ def _token(random: Callable[[int], bytes]) -> str:
 def _request_id(request: Request) -> str:
     rid = getattr(request, "oauthgate_request_id", None)
     if rid is None:
-        rid = (request.getHeader(b"x-request-id") or secrets.token_hex(8))[:64]
+        rid = (request.getHeader("x-request-id") or secrets.token_hex(8))[:64]
         request.oauthgate_request_id = rid  # type: ignore[attr-defined]
     return str(rid)
 
@@ -581,7 +632,7 @@ class GateResource(Resource):
         Resource.__init__(self)
         self._gate = gate
 
-    def render(self, request: Request) -> int:  # type: ignore[override]
+    def render(self, request: Request) -> int:
         request.oauthgate_started = time.monotonic()  # type: ignore[attr-defined]
         d = Deferred.fromCoroutine(self._gate.handle(request))
         request.notifyFinish().addErrback(lambda _: d.cancel())
@@ -596,23 +647,43 @@ class GateResource(Resource):
         if request.startedWriting:
             # Headers are out; the only honest thing left is to cut the connection.
             self.log.failure("Failed after the response started", failure)
-            if request.transport is not None:
-                request.transport.abortConnection()
+            abort = getattr(request.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
             return
+        try:
+            self._answer_failure(failure, request)
+        except Exception:
+            # Rendering the error page failed too: answer something minimal, always.
+            self.log.failure("Rendering an error page failed", Failure())
+            if not request.startedWriting:
+                request.setResponseCode(500)
+                request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain"])
+                request.write(b"Internal Server Error")
+            if not request.finished:
+                request.finish()
+
+    def _answer_failure(self, failure: Failure, request: Request) -> None:
         error = failure.value
         if isinstance(error, AuthError):
-            self.log.info("{status} {code} for {path}", status=error.status, code=error.code,
-                          path=request.path.decode("utf-8", "replace"))
+            self.log.info(
+                "{status} {code} for {path}",
+                status=error.status,
+                code=error.code,
+                path=request.path.decode("utf-8", "replace"),
+            )
             self._gate.render_error(request, error)
             return
         if isinstance(error, UpstreamError):
             self.log.warn("Upstream error: {message}", message=str(error))
-            message = ("The upstream server did not answer in time."
-                       if error.status == 504 else "The upstream server could not be reached.")
+            message = (
+                "The upstream server did not answer in time."
+                if error.status == 504
+                else "The upstream server could not be reached."
+            )
             self._gate.render_error(request, AuthError(error.status, "upstream_error", message))
             return
         self.log.failure("Request failed: {request_id}", failure, request_id=_request_id(request))
         self._gate.render_error(
             request, AuthError(500, "internal_error", "Something went wrong on our side.")
         )
-

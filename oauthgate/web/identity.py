@@ -89,9 +89,7 @@ class IdentityHeaders:
 
     def strip_from(self, headers: Headers) -> list[bytes]:
         """Remove every incoming copy of an identity header; returns the names removed."""
-        removed = [
-            name for name, _ in headers.getAllRawHeaders() if normalise(name) in self.strip
-        ]
+        removed = [name for name, _ in headers.getAllRawHeaders() if normalise(name) in self.strip]
         for name in removed:
             headers.removeHeader(name)
         return removed
@@ -137,8 +135,10 @@ class IdentityHeaders:
                 out.append((b"X-Auth-Request-Groups", _header_value(",".join(session.groups))))
             if session.preferred_username:
                 out.append(
-                    (b"X-Auth-Request-Preferred-Username",
-                     _header_value(session.preferred_username))
+                    (
+                        b"X-Auth-Request-Preferred-Username",
+                        _header_value(session.preferred_username),
+                    )
                 )
             if self.pass_access_token and session.access_token:
                 out.append((b"X-Auth-Request-Access-Token", _header_value(session.access_token)))

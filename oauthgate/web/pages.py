@@ -38,7 +38,9 @@ def _logo_html(setting: str) -> str:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise ConfigError([f"custom_sign_in_logo: cannot read {setting}: {e.strerror}"]) from None
+            raise ConfigError(
+                [f"custom_sign_in_logo: cannot read {setting}: {e.strerror}"]
+            ) from None
         mime = mimetypes.guess_type(path.name)[0] or "image/png"
         src = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
     return f'<div class="logo"><img src="{escape(src)}" alt="logo"></div>'
@@ -63,9 +65,7 @@ class Pages:
         if config.custom_templates_dir:
             folder = Path(config.custom_templates_dir)
             if not folder.is_dir():
-                raise ConfigError(
-                    [f"custom_templates_dir: {folder} is not a directory"]
-                )
+                raise ConfigError([f"custom_templates_dir: {folder} is not a directory"])
             for name in templates:
                 candidate = folder / name
                 if candidate.is_file():
@@ -104,8 +104,9 @@ class Pages:
             provider_name=escape(self.provider_name),
         ).encode("utf-8")
 
-    def render_error(self, status: int, title: str, message: str, *, redirect: str = "/",
-                     request_id: str = "") -> bytes:
+    def render_error(
+        self, status: int, title: str, message: str, *, redirect: str = "/", request_id: str = ""
+    ) -> bytes:
         rid = f'<p class="request-id">Request id: {escape(request_id)}</p>' if request_id else ""
         return self.error.safe_substitute(
             style=self.style,

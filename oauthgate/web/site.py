@@ -26,8 +26,14 @@ class GateSite(Site):
     displayTracebacks = False
     request_log = Logger(namespace="oauthgate.request")
 
-    def __init__(self, resource: IResource, *, enabled: bool = True,
-                 exclude_paths: Iterable[str] = (), client_ip: object = None) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        enabled: bool = True,
+        exclude_paths: Iterable[str] = (),
+        client_ip: object = None,
+    ) -> None:
         Site.__init__(self, resource)
         self._enabled = enabled
         self._exclude = frozenset(p.encode("utf-8") for p in exclude_paths)
@@ -39,7 +45,9 @@ class GateSite(Site):
         started = getattr(request, "oauthgate_started", None)
         duration = time.monotonic() - started if started is not None else 0.0
         peer = request.getClientAddress()
-        client = self._client_ip(request) if callable(self._client_ip) else getattr(peer, "host", "-")
+        client = (
+            self._client_ip(request) if callable(self._client_ip) else getattr(peer, "host", "-")
+        )
         self.request_log.info(
             "{client} - {user} {method} {path} {status} {size} {duration:.3f}s",
             client=client or "-",

@@ -11,8 +11,12 @@ from oauthgate.session import Session
 from oauthgate.web.identity import IdentityHeaders
 
 ALICE = Session(
-    user="alice-sub", email="alice@example.com", groups=("admins", "staff"),
-    preferred_username="alice", access_token="AT", id_token="IDT",
+    user="alice-sub",
+    email="alice@example.com",
+    groups=("admins", "staff"),
+    preferred_username="alice",
+    access_token="AT",
+    id_token="IDT",
 )
 
 
@@ -24,9 +28,16 @@ class StripTests(SynchronousTestCase):
     def test_spoofed_identity_headers_are_removed_in_every_spelling(self) -> None:
         """GHSA-vjrc-mh2v-45x6: underscore and case variants are header smuggling."""
         incoming = Headers()
-        for name in (b"X-Forwarded-User", b"x-forwarded-email", b"X_Forwarded_Groups",
-                     b"X-AUTH-REQUEST-USER", b"x_auth_request_email", b"Gap-Auth",
-                     b"X-Forwarded-Access-Token", b"X-Forwarded-Preferred-Username"):
+        for name in (
+            b"X-Forwarded-User",
+            b"x-forwarded-email",
+            b"X_Forwarded_Groups",
+            b"X-AUTH-REQUEST-USER",
+            b"x_auth_request_email",
+            b"Gap-Auth",
+            b"X-Forwarded-Access-Token",
+            b"X-Forwarded-Preferred-Username",
+        ):
             incoming.addRawHeader(name, b"mallory")
         incoming.addRawHeader(b"X-Other", b"kept")
         headers_for().strip_from(incoming)
@@ -59,8 +70,9 @@ class UpstreamHeaderTests(SynchronousTestCase):
 
     def test_tokens_only_when_asked(self) -> None:
         self.assertNotIn(b"X-Forwarded-Access-Token", dict(headers_for().upstream(ALICE)))
-        out = dict(headers_for(pass_access_token=True, pass_authorization_header=True)
-                   .upstream(ALICE))
+        out = dict(
+            headers_for(pass_access_token=True, pass_authorization_header=True).upstream(ALICE)
+        )
         self.assertEqual(out[b"X-Forwarded-Access-Token"], b"AT")
         self.assertEqual(out[b"Authorization"], b"Bearer IDT")
 
@@ -70,8 +82,9 @@ class UpstreamHeaderTests(SynchronousTestCase):
         self.assertEqual(out[b"Authorization"], b"Basic YWxpY2Utc3ViOnB3")
 
     def test_no_user_headers_when_both_switches_are_off(self) -> None:
-        self.assertEqual(headers_for(pass_user_headers=False, pass_basic_auth=False)
-                         .upstream(ALICE), [])
+        self.assertEqual(
+            headers_for(pass_user_headers=False, pass_basic_auth=False).upstream(ALICE), []
+        )
 
     def test_line_breaks_in_claims_cannot_split_headers(self) -> None:
         evil = attrs.evolve(ALICE, email="a@example.com\r\nX-Injected: 1")

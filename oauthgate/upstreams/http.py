@@ -1,0 +1,402 @@
+"""The HTTP(S) upstream: forward one request to a server and stream its answer back.
+
+The request goes out with the client's method, path, raw query and body, minus the
+hop-by-hop headers, plus the X-Forwarded-* trio and the gate's identity headers. The
+answer streams back as it arrives, pausing the upstream connection while the client is
+slow to read. Connections are reused through one ``HTTPConnectionPool`` per upstream.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Sequence
+from typing import IO, TYPE_CHECKING, cast
+from urllib.parse import urlsplit
+
+from OpenSSL import SSL
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    ResponseDone,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from oauthgate.errors import ConfigError, UpstreamError
+from oauthgate.interfaces import IUpstream
+from oauthgate.upstreams.headers import (
+    add_forwarded_headers,
+    replace_headers,
+    strip_hop_by_hop,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+    from twisted.web.server import Request
+
+    from oauthgate.config.options import Config
+
+__all__ = ["HTTPUpstream", "tls_policy"]
+
+MAX_PERSISTENT_PER_HOST = 10
+"""Idle keep-alive connections kept per upstream host."""
+
+IDLE_CONNECTION_TIMEOUT = 90
+"""Seconds an idle keep-alive connection is kept (Go's ``http.Transport`` default)."""
+
+# Request headers the proxy never copies on top of the hop-by-hop ones: Host is set on
+# purpose below, Content-Length is written by the Agent from the body it sends, and
+# Expect is answered by our own server (the body is already here).
+_NOT_COPIED = (b"host", b"content-length", b"expect")
+
+_NO_BODY = frozenset({204, 304})
+
+
+@implementer(IUpstream)
+class HTTPUpstream:
+    """A reverse proxy to one ``http(s)://host[:port][/path]`` server.
+
+    ``path`` is the URL's path ("/" if none) and is only the route: as in oauth2-proxy,
+    the request's own path and raw query are sent unchanged (``/base/x`` on an upstream
+    ``http://h:8080/base/`` goes to ``http://h:8080/base/x``). Requests never reveal
+    anything of the upstream URL's userinfo, and failures are logged without headers
+    or cookies.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        agent: IAgent,
+        clock: IReactorTime,
+        *,
+        id: str | None = None,
+        pass_host_header: bool = True,
+        timeout: float = 30.0,
+        pool: HTTPConnectionPool | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError([f"upstreams: {url!r} must be an http(s)://host[:port][/path] URL"])
+        netloc = parts.netloc.rpartition("@")[2]
+        if not netloc.isascii():
+            raise ConfigError([f"upstreams: {url!r}: write the host name in ASCII (punycode)"])
+        self.url = url
+        self.path = parts.path or "/"
+        self.id = self.path if id is None else id
+        self.pool = pool
+        self._agent = agent
+        self._clock = clock
+        self._pass_host_header = pass_host_header
+        self._timeout = timeout
+        self._host = netloc
+        self._host_header = netloc.encode("ascii")
+        self._origin = f"{parts.scheme}://{netloc}".encode("ascii")
+        self._cooperator = Cooperator(scheduler=self._schedule)
+
+    @classmethod
+    def from_config(cls, url: str, config: Config, reactor: IReactorTime) -> HTTPUpstream:
+        """An upstream with its own keep-alive pool and the configured TLS checks.
+
+        ``reactor`` must also provide ``IReactorTCP``. The service builds one per upstream
+        and calls :meth:`close` on stop.
+        """
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+        pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
+        agent = Agent(
+            reactor,
+            contextFactory=tls_policy(
+                insecure_skip_verify=config.ssl_upstream_insecure_skip_verify
+            ),
+            connectTimeout=config.upstream_timeout,
+            pool=pool,
+        )
+        return cls(
+            url,
+            agent,
+            reactor,
+            pass_host_header=config.pass_host_header,
+            timeout=config.upstream_timeout,
+            pool=pool,
+        )
+
+    def matches(self, path: str) -> bool:
+        """oauth2-proxy's rule: a path ending in "/" is a prefix ("/" serves everything),
+        any other path serves only itself."""
+        if self.path.endswith("/"):
+            return path.startswith(self.path)
+        return path == self.path
+
+    def close(self) -> Awaitable[None]:
+        """Close the idle keep-alive connections (on service stop)."""
+        if self.pool is None:
+            return succeed(None)
+        return cast("Deferred[None]", self.pool.closeCachedConnections())
+
+    async def forward(self, request: Request, inject: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send ``request`` upstream and stream the answer into it; see :class:`IUpstream`.
+
+        Raises UpstreamError(502) when the upstream cannot be reached and (504) when it
+        sends no response headers within ``timeout``. A failure after the answer started
+        aborts the client connection instead. If the client goes away, the upstream
+        request or response is dropped and this returns quietly.
+        """
+        target = self._origin + _origin_form(request.uri)
+        headers = self._request_headers(request, inject)
+        body = self._body(request)
+        exchange = _Exchange()
+        request.notifyFinish().addErrback(exchange.client_gone)
+        if exchange.gone:
+            return
+        try:
+            pending = self._agent.request(request.method, target, headers, body)
+            pending.addTimeout(self._timeout, self._clock)
+            exchange.pending = pending
+            response = await pending
+        except CancelledError:
+            if exchange.gone:
+                return
+            raise
+        except TimeoutError:
+            self._warn(f"no response headers within {self._timeout}s")
+            raise UpstreamError(504, "The upstream server did not answer in time.") from None
+        except Exception as e:
+            self._warn(_describe(e))
+            raise UpstreamError(502, "The upstream server could not be reached.") from None
+        finally:
+            exchange.pending = None
+
+        relay = _BodyRelay(request, self._warn)
+        exchange.relay = relay
+        if exchange.gone:
+            relay.client_gone()
+        else:
+            _copy_response_head(response, request)
+        response.deliverBody(relay)
+        await relay.done
+
+    def _request_headers(self, request: Request, inject: Sequence[tuple[bytes, bytes]]) -> Headers:
+        incoming = request.requestHeaders
+        headers = strip_hop_by_hop(incoming, also=_NOT_COPIED)
+        hosts = incoming.getRawHeaders(b"Host")
+        client_host = hosts[0] if hosts else None
+        if not self._pass_host_header:
+            headers.setRawHeaders(b"Host", [self._host_header])
+        elif client_host is not None:
+            headers.setRawHeaders(b"Host", [client_host])
+        address = request.getClientAddress()
+        add_forwarded_headers(
+            headers,
+            client_ip=getattr(address, "host", None),
+            secure=request.isSecure(),
+            host=client_host,
+        )
+        if inject:
+            replace_headers(headers, inject)
+        return headers
+
+    def _body(self, request: Request) -> FileBodyProducer | None:
+        content: IO[bytes] | None = request.content
+        if content is None:
+            return None
+        size = content.seek(0, 2)
+        content.seek(0)
+        if size == 0:
+            return None
+        return FileBodyProducer(content, cooperator=self._cooperator)
+
+    def _schedule(self, work: Callable[[], None]) -> IDelayedCall:
+        return self._clock.callLater(0, work)
+
+    def _warn(self, reason: str) -> None:
+        self.log.warn(
+            "Upstream {upstream} ({host}) failed: {reason}",
+            upstream=self.id,
+            host=self._host,
+            reason=reason,
+        )
+
+
+class _Exchange:
+    """What one forward() is waiting on, so a client that leaves can stop it."""
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.pending: Deferred[IResponse] | None = None
+        self.relay: _BodyRelay | None = None
+
+    def client_gone(self, reason: Failure) -> None:
+        self.gone = True
+        if self.relay is not None:
+            self.relay.client_gone()
+        elif self.pending is not None:
+            self.pending.cancel()
+
+
+class _BodyRelay(Protocol):
+    """Writes the upstream body into the client request, with backpressure both ways.
+
+    The upstream connection is registered as the request's streaming producer, so a
+    client that reads slowly pauses the upstream socket instead of filling memory.
+    ``done`` fires when the relay is over, whatever the outcome.
+    """
+
+    def __init__(self, request: Request, warn: Callable[[str], None]) -> None:
+        self._request = request
+        self._warn = warn
+        self._client_gone = False
+        self._producing = False
+        self._producer: IPushProducer | None = None
+        self.done: Deferred[None] = Deferred(lambda _: self.client_gone())
+
+    def connectionMade(self) -> None:
+        # Response.deliverBody hands over an IPushProducer, not a full transport.
+        self._producer = cast(IPushProducer, self.transport)
+        if self._client_gone:
+            self._producer.stopProducing()
+            return
+        self._request.registerProducer(self._producer, True)
+        self._producing = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._client_gone:
+            self._request.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._client_gone:
+            if self._producing:
+                self._producing = False
+                self._request.unregisterProducer()
+            if reason.check(ResponseDone, PotentialDataLoss):
+                self._request.finish()
+            else:
+                self._client_gone = True
+                self._warn("the response broke off: " + _describe(reason.value or Exception()))
+                _abort(self._request)
+        if not self.done.called:
+            self.done.callback(None)
+
+    def client_gone(self) -> None:
+        """The client left: drop the upstream connection (it is not reused)."""
+        if self._client_gone:
+            return
+        self._client_gone = True
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+
+def tls_policy(*, insecure_skip_verify: bool) -> IPolicyForHTTPS:
+    """The upstream TLS policy: the platform's trust store and host name checks, or, only
+    when ``ssl_upstream_insecure_skip_verify`` asks for it, no checks at all."""
+    if insecure_skip_verify:
+        return _UnverifiedPolicy()
+    return cast(IPolicyForHTTPS, BrowserLikePolicyForHTTPS())
+
+
+@implementer(IPolicyForHTTPS)
+class _UnverifiedPolicy:
+    """TLS without certificate or host name verification (still sends SNI)."""
+
+    def __init__(self) -> None:
+        self._options = CertificateOptions(verify=False)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        return _UnverifiedClientTLS(self._options, hostname)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedClientTLS:
+    def __init__(self, options: CertificateOptions, hostname: bytes) -> None:
+        self._options = options
+        self._server_name = None if _is_ip(hostname) else hostname
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        connection = self._options.clientConnectionForTLS(tlsProtocol)
+        connection.set_app_data(tlsProtocol)
+        if self._server_name is not None:
+            connection.set_tlsext_host_name(self._server_name)
+        return connection
+
+
+def _is_ip(hostname: bytes) -> bool:
+    try:
+        ipaddress.ip_address(hostname.decode("ascii").strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _origin_form(uri: bytes) -> bytes:
+    """The request target as sent by the client, raw (no re-encoding) and starting with "/"."""
+    if uri.startswith(b"/"):
+        return uri
+    # absolute-form (a client using us as a forward proxy): keep only path and query
+    parts = urlsplit(uri)
+    if not parts.scheme:
+        return b"/"
+    path = parts.path if parts.path.startswith(b"/") else b"/" + parts.path
+    return path + b"?" + parts.query if parts.query else path
+
+
+def _copy_response_head(response: IResponse, request: Request) -> None:
+    """Status line and end-to-end headers of ``response``; Twisted adds its own framing."""
+    request.setResponseCode(response.code, response.phrase)
+    headers = request.responseHeaders
+    for name, values in strip_hop_by_hop(response.headers).getAllRawHeaders():
+        if name == b"Set-Cookie":
+            # Twisted writes request.cookies over any Set-Cookie header: keep both.
+            if request.cookies:
+                request.cookies.extend(values)
+            else:
+                for value in values:
+                    headers.addRawHeader(name, value)
+        else:
+            headers.setRawHeaders(name, values)
+    # Twisted's client keeps Content-Length out of response.headers (except for HEAD).
+    length = response.length
+    if isinstance(length, int) and request.method != b"HEAD" and response.code not in _NO_BODY:
+        headers.setRawHeaders(b"Content-Length", [b"%d" % length])
+    # never invent a Content-Type the upstream did not send
+    request.defaultContentType = None
+
+
+def _abort(request: Request) -> None:
+    """Cut the client connection, so a truncated body is never taken for a whole one."""
+    transport = getattr(request.channel, "transport", None)
+    if transport is None:
+        return
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
+
+
+def _describe(error: BaseException) -> str:
+    """A short reason for logs: type and message, unwrapping the Agent's wrapper errors."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(_describe(failure.value) for failure in reasons)
+    message = str(error)
+    name = type(error).__name__
+    return f"{name}: {message}" if message else name
