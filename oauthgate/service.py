@@ -12,7 +12,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from zope.interface.verify import verifyObject
 
 from oauthgate.authz.emails import EmailAuthorizer
@@ -23,6 +23,7 @@ from oauthgate.config.validate import listen_description
 from oauthgate.errors import ConfigError
 from oauthgate.interfaces import IAuthorizer, IProvider, ISessionStore, IUpstream
 from oauthgate.plugins import Plugins
+from oauthgate.pool import persistent_pool
 from oauthgate.sessions.cookie_store import CookieSessionStore
 from oauthgate.sessions.cookies import CookieSettings
 from oauthgate.sessions.crypto import Sealer, decode_secret
@@ -47,7 +48,7 @@ def provider_http_client(config: Config, reactor: Any) -> HTTPClient:
         )
     except (OSError, ValueError) as e:
         raise ConfigError([f"provider_ca_files: cannot load: {e}"]) from None
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = persistent_pool(reactor)
     return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 
 
@@ -154,7 +155,24 @@ class OAuthGateService(MultiService):
             stop = getattr(authorizer, "stop", None)
             if stop is not None:
                 stop()
-        return MultiService.stopService(self)
+        d = MultiService.stopService(self)
+        for upstream in self.components.upstreams:
+            close = getattr(upstream, "close", None)
+            if close is not None:
+                d.addBoth(lambda result, close=close: _after(close(), result))
+        return d
+
+
+async def _wait(awaitable: Any) -> None:
+    await awaitable
+
+
+def _after(awaitable: Any, result: Any) -> Any:
+    """Wait for ``awaitable`` (closing idle pool connections), then pass ``result`` on."""
+    d = Deferred.fromCoroutine(_wait(awaitable))
+    d.addErrback(lambda f: log.warn("Closing upstream connections failed: {e}", e=f.value))
+    d.addCallback(lambda _: result)
+    return d
 
 
 def _is_coroutine_fn(fn: Any) -> bool:

@@ -10,7 +10,7 @@ Public API: plugin authors may rely on everything in ``__all__``.
 - :class:`EchoResource`: an upstream that shows the request it received.
 """
 
-from oauthgate.testing.echo import IDENTITY_HEADERS, EchoResource
+from oauthgate.testing.echo import EchoResource
 from oauthgate.testing.fakeidp import (
     CODE_LIFETIME,
     FakeIdP,
@@ -31,7 +31,6 @@ from oauthgate.testing.harness import (
 
 __all__ = [
     "CODE_LIFETIME",
-    "IDENTITY_HEADERS",
     "Browser",
     "BrowserResponse",
     "ByHost",

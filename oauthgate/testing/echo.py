@@ -14,21 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-__all__ = ["IDENTITY_HEADERS", "EchoResource"]
+from oauthgate.web.identity import IDENTITY_HEADERS
 
-IDENTITY_HEADERS = (
-    "X-Forwarded-User",
-    "X-Forwarded-Email",
-    "X-Forwarded-Groups",
-    "X-Forwarded-Preferred-Username",
-    "X-Forwarded-Access-Token",
-    "X-Auth-Request-User",
-    "X-Auth-Request-Email",
-    "X-Auth-Request-Groups",
-    "X-Auth-Request-Preferred-Username",
-    "X-Auth-Request-Access-Token",
-    "Authorization",
-)
+__all__ = ["SHOWN_FIRST", "EchoResource"]
+
+SHOWN_FIRST = (*(h for h in IDENTITY_HEADERS if not h.startswith("GAP-")), "Authorization")
 """The headers oauthgate may inject, shown first on the echo page."""
 
 _TOKEN_HEADERS = frozenset({"x-forwarded-access-token", "x-auth-request-access-token"})
@@ -141,7 +131,7 @@ class EchoResource(Resource):
 
         identity_rows = []
         shown = set()
-        names = list(IDENTITY_HEADERS) + sorted(
+        names = list(SHOWN_FIRST) + sorted(
             k for k in headers if k.lower().startswith("x-auth-request-")
         )
         for name in names:

@@ -8,38 +8,35 @@ slow to read. Connections are reused through one ``HTTPConnectionPool`` per upst
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Awaitable, Sequence
 from typing import IO, TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
-from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
-    IOpenSSLClientConnectionCreator,
     IPushProducer,
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
-    BrowserLikePolicyForHTTPS,
     FileBodyProducer,
     HTTPConnectionPool,
     ResponseDone,
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
 from oauthgate.errors import ConfigError, UpstreamError
 from oauthgate.interfaces import IUpstream
+from oauthgate.pool import persistent_pool
+from oauthgate.tls import client_tls_policy
 from oauthgate.upstreams.headers import (
     add_forwarded_headers,
     replace_headers,
@@ -49,12 +46,11 @@ from oauthgate.upstreams.headers import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from twisted.protocols.tls import TLSMemoryBIOProtocol
     from twisted.web.server import Request
 
     from oauthgate.config.options import Config
 
-__all__ = ["HTTPUpstream", "tls_policy"]
+__all__ = ["HTTPUpstream"]
 
 MAX_PERSISTENT_PER_HOST = 10
 """Idle keep-alive connections kept per upstream host."""
@@ -120,12 +116,12 @@ class HTTPUpstream:
         ``reactor`` must also provide ``IReactorTCP``. The service builds one per upstream
         and calls :meth:`close` on stop.
         """
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
-        pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
+        pool = persistent_pool(
+            reactor, max_per_host=MAX_PERSISTENT_PER_HOST, idle_timeout=IDLE_CONNECTION_TIMEOUT
+        )
         agent = Agent(
             reactor,
-            contextFactory=tls_policy(
+            contextFactory=client_tls_policy(
                 insecure_skip_verify=config.ssl_upstream_insecure_skip_verify
             ),
             connectTimeout=config.upstream_timeout,
@@ -303,47 +299,6 @@ class _BodyRelay(Protocol):
         self._client_gone = True
         if self._producer is not None:
             self._producer.stopProducing()
-
-
-def tls_policy(*, insecure_skip_verify: bool) -> IPolicyForHTTPS:
-    """The upstream TLS policy: the platform's trust store and host name checks, or, only
-    when ``ssl_upstream_insecure_skip_verify`` asks for it, no checks at all."""
-    if insecure_skip_verify:
-        return _UnverifiedPolicy()
-    return cast(IPolicyForHTTPS, BrowserLikePolicyForHTTPS())
-
-
-@implementer(IPolicyForHTTPS)
-class _UnverifiedPolicy:
-    """TLS without certificate or host name verification (still sends SNI)."""
-
-    def __init__(self) -> None:
-        self._options = CertificateOptions(verify=False)
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        return _UnverifiedClientTLS(self._options, hostname)
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _UnverifiedClientTLS:
-    def __init__(self, options: CertificateOptions, hostname: bytes) -> None:
-        self._options = options
-        self._server_name = None if _is_ip(hostname) else hostname
-
-    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        connection = self._options.clientConnectionForTLS(tlsProtocol)
-        connection.set_app_data(tlsProtocol)
-        if self._server_name is not None:
-            connection.set_tlsext_host_name(self._server_name)
-        return connection
-
-
-def _is_ip(hostname: bytes) -> bool:
-    try:
-        ipaddress.ip_address(hostname.decode("ascii").strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def _origin_form(uri: bytes) -> bytes:

@@ -545,27 +545,21 @@ class Gate:
             log_category="auth",
         )
 
-    def _text(self, request: Request, code: int, body: bytes) -> None:
+    def _answer(self, request: Request, code: int, content_type: bytes, body: bytes) -> None:
         request.setResponseCode(code)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"content-length", str(len(body)).encode())
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
+
+    def _text(self, request: Request, code: int, body: bytes) -> None:
+        self._answer(request, code, b"text/plain; charset=utf-8", body)
 
     def _json(self, request: Request, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"content-length", str(len(data)).encode())
-        request.write(data)
-        request.finish()
+        self._answer(request, code, b"application/json", json.dumps(body).encode())
 
     def _html(self, request: Request, code: int, body: bytes) -> None:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"content-length", str(len(body)).encode())
-        request.write(body)
-        request.finish()
+        self._answer(request, code, b"text/html; charset=utf-8", body)
 
     def _redirect(self, request: Request, url: str) -> None:
         request.setResponseCode(302)

@@ -17,13 +17,13 @@ from twisted.web.http_headers import Headers
 from oauthgate.config.options import Config
 from oauthgate.session import Session
 
-__all__ = ["IdentityHeaders", "normalise"]
+__all__ = ["IDENTITY_HEADERS", "IdentityHeaders", "normalise"]
 
 Pairs = list[tuple[bytes, bytes]]
 
 # Headers oauthgate sets towards the upstream or in its own responses. Clients never
 # get to send them, whatever is configured.
-_ALWAYS_STRIPPED = (
+IDENTITY_HEADERS = (
     "X-Forwarded-User",
     "X-Forwarded-Email",
     "X-Forwarded-Groups",
@@ -68,7 +68,7 @@ class IdentityHeaders:
 
     @classmethod
     def from_config(cls, config: Config) -> IdentityHeaders:
-        strip = {normalise(h) for h in _ALWAYS_STRIPPED}
+        strip = {normalise(h) for h in IDENTITY_HEADERS}
         sends_authorization = config.pass_authorization_header or (
             config.pass_basic_auth and bool(config.basic_auth_password)
         )

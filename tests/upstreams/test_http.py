@@ -31,7 +31,8 @@ from zope.interface.verify import verifyClass, verifyObject
 from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError, UpstreamError
 from oauthgate.interfaces import IUpstream
-from oauthgate.upstreams.http import HTTPUpstream, tls_policy
+from oauthgate.tls import client_tls_policy
+from oauthgate.upstreams.http import HTTPUpstream
 
 CLIENT_IP = "203.0.113.7"
 GET = b"GET /x HTTP/1.1\r\nHost: app.example\r\n\r\n"
@@ -665,7 +666,9 @@ class FromConfigTests(SynchronousTestCase):
         self.successResultOf(Deferred.fromCoroutine(_await(upstream.close())))
 
     def test_tls_is_verified_unless_asked_not_to(self) -> None:
-        self.assertIsInstance(tls_policy(insecure_skip_verify=False), BrowserLikePolicyForHTTPS)
+        self.assertIsInstance(
+            client_tls_policy(insecure_skip_verify=False), BrowserLikePolicyForHTTPS
+        )
 
     def hello(self, creator: IOpenSSLClientConnectionCreator) -> tuple[Any, bytes]:
         """The TLS connection ``creator`` makes, and the ClientHello it sends."""
@@ -676,13 +679,13 @@ class FromConfigTests(SynchronousTestCase):
         return creator.clientConnectionForTLS(protocol), transport.value()
 
     def test_insecure_tls_skips_verification_but_sends_the_server_name(self) -> None:
-        policy = tls_policy(insecure_skip_verify=True)
+        policy = client_tls_policy(insecure_skip_verify=True)
         connection, hello = self.hello(policy.creatorForNetloc(b"backend.example", 443))
         self.assertEqual(connection.get_context().get_verify_mode(), SSL.VERIFY_NONE)
         self.assertIn(b"backend.example", hello)
 
     def test_insecure_tls_sends_no_server_name_for_an_ip_address(self) -> None:
-        policy = tls_policy(insecure_skip_verify=True)
+        policy = client_tls_policy(insecure_skip_verify=True)
         _, hello = self.hello(policy.creatorForNetloc(b"10.0.0.1", 443))
         self.assertNotIn(b"10.0.0.1", hello)
 
