@@ -197,7 +197,7 @@ def build_service(config: Config, *, reactor: Any, plugins: Plugins) -> MultiSer
         description = listen_description(config.http_address)
     except ValueError as e:
         raise ConfigError([f"http_address: {e}"]) from None
-    strports.service(description, site).setServiceParent(service)
+    strports.service(description, site, reactor=reactor).setServiceParent(service)
     if config.demo:
         _add_demo(service, config, reactor)
     return service
@@ -225,10 +225,12 @@ def _add_demo(service: MultiService, config: Config, reactor: Any) -> None:
     idp_site.noisy = False
     echo_site = Site(EchoResource())
     echo_site.noisy = False
-    strports.service(f"tcp:{DEMO_IDP_PORT}:interface=127.0.0.1", idp_site).setServiceParent(service)
-    strports.service(f"tcp:{DEMO_UPSTREAM_PORT}:interface=127.0.0.1", echo_site).setServiceParent(
-        service
-    )
+    strports.service(
+        f"tcp:{DEMO_IDP_PORT}:interface=127.0.0.1", idp_site, reactor=reactor
+    ).setServiceParent(service)
+    strports.service(
+        f"tcp:{DEMO_UPSTREAM_PORT}:interface=127.0.0.1", echo_site, reactor=reactor
+    ).setServiceParent(service)
     log.info(
         "Demo mode: open http://127.0.0.1:4180/ (identity provider on {idp}, echo upstream on "
         "{echo}). Never use --demo in production.",

@@ -20,15 +20,29 @@ class PublicAPITests(SynchronousTestCase):
     def test_interfaces(self) -> None:
         self.assertEqual(
             sorted(oauthgate.interfaces.__all__),
-            ["Decision", "IAuthorizer", "IProvider", "IProviderFactory", "ISessionStore",
-             "IUpstream", "RequestInfo"],
+            [
+                "Decision",
+                "IAuthorizer",
+                "IProvider",
+                "IProviderFactory",
+                "ISessionStore",
+                "IUpstream",
+                "RequestInfo",
+            ],
         )
 
     def test_errors(self) -> None:
         self.assertEqual(
             sorted(oauthgate.errors.__all__),
-            ["AuthError", "ConfigError", "PluginError", "ProviderError", "RefreshError",
-             "TokenError", "UpstreamError"],
+            [
+                "AuthError",
+                "ConfigError",
+                "PluginError",
+                "ProviderError",
+                "RefreshError",
+                "TokenError",
+                "UpstreamError",
+            ],
         )
 
     def test_session(self) -> None:
@@ -37,9 +51,22 @@ class PublicAPITests(SynchronousTestCase):
     def test_testing(self) -> None:
         self.assertEqual(
             sorted(oauthgate.testing.__all__),
-            ["Browser", "BrowserResponse", "ByHost", "CODE_LIFETIME", "EchoResource", "FakeIdP",
-             "GateTestCase", "MemoryHTTPClient", "StoredCookie", "TokenRequest",
-             "TooManyRedirects", "default_clients", "default_users", "memory_http_client"],
+            [
+                "Browser",
+                "BrowserResponse",
+                "ByHost",
+                "CODE_LIFETIME",
+                "EchoResource",
+                "FakeIdP",
+                "GateTestCase",
+                "MemoryHTTPClient",
+                "StoredCookie",
+                "TokenRequest",
+                "TooManyRedirects",
+                "default_clients",
+                "default_users",
+                "memory_http_client",
+            ],
         )
         for name in oauthgate.testing.__all__:
             self.assertTrue(hasattr(oauthgate.testing, name), name)
@@ -70,6 +97,7 @@ class PackagingTests(SynchronousTestCase):
     def test_the_dropin_names_the_service_maker(self) -> None:
         from twisted.application.service import IServiceMaker
         from twisted.plugin import getPlugins
+
         from twisted import plugins
 
         makers = {m.tapname: m for m in getPlugins(IServiceMaker, plugins)}

@@ -101,7 +101,7 @@ class Gate:
     http_client: Any = None
     random: Callable[[int], bytes] = os.urandom
     log_requests: bool = True
-    _refreshed: dict[str, _Refreshed] = attrs.field(factory=dict)
+    _refreshed: dict[str, _Refreshed] = attrs.field(factory=dict, repr=False)
     _csrf: CookieSettings = attrs.field(init=False)
     _prefix: str = attrs.field(init=False)
     _own_cookie_prefix: str = attrs.field(init=False)
@@ -394,14 +394,22 @@ class Gate:
             separators=(",", ":"),
         ).encode()
         csrf = self.sealer.seal(payload, self._csrf_purpose, self.clock.seconds())
-        url = await self.provider.authorize_url(
-            state=state,
-            nonce=nonce,
-            code_challenge=challenge(verifier, method) if verifier and method else None,
-            code_challenge_method=method,
-            redirect_uri=redirect_uri,
-            extra_params=(),
-        )
+        try:
+            url = await self.provider.authorize_url(
+                state=state,
+                nonce=nonce,
+                code_challenge=challenge(verifier, method) if verifier and method else None,
+                code_challenge_method=method,
+                redirect_uri=redirect_uri,
+                extra_params=(),
+            )
+        except ProviderError as e:
+            self.log.error("Cannot start a login: {reason}", reason=str(e))
+            raise AuthError(
+                502,
+                "provider_error",
+                "The identity provider is not reachable. Please try again later.",
+            ) from None
         cookies.write_value(request, self._csrf, csrf)
         self._redirect(request, url)
 
