@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.client import Agent
 from zope.interface.verify import verifyObject
@@ -133,6 +135,18 @@ class OAuthGateService(MultiService):
         MultiService.__init__(self)
         self.components = components
 
+    def privilegedStartService(self) -> None:
+        try:
+            MultiService.privilegedStartService(self)
+        except CannotListenError as e:
+            # One readable line and exit status 1, instead of a traceback.
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            address = f"{e.interface or '*'}:{e.port}"
+            log.critical("oauthgate: cannot listen on {address}: {reason}",
+                         address=address, reason=reason)
+            print(f"oauthgate: cannot listen on {address}: {reason}", file=sys.__stderr__)
+            raise SystemExit(1) from None
+
     def startService(self) -> None:
         MultiService.startService(self)
         for authorizer in self.components.authorizers:
@@ -189,6 +203,7 @@ def build_service(config: Config, *, reactor: Any, plugins: Plugins) -> MultiSer
     gate = components.gate
     site = GateSite(
         GateResource(gate),
+        reactor,
         enabled=config.request_logging,
         exclude_paths=_excluded_paths(config),
         client_ip=gate.client_ip,

@@ -39,3 +39,6 @@ def makeService(options: Options) -> IService:
         raise _fail(list(e.problems)) from None
     except PluginError as e:
         raise _fail(str(e).splitlines()) from None
+    except (OSError, ValueError) as e:
+        # Anything validation did not foresee (an unreadable file, say): still one line.
+        raise _fail([f"cannot start: {e}"]) from None

@@ -7,10 +7,11 @@ allowed -> identity headers, then the upstream.
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
 import os
 import secrets
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -25,7 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from oauthgate.authz.query import check_query_constraints
 from oauthgate.config.options import Config
-from oauthgate.errors import AuthError, ProviderError, RefreshError, TokenError, UpstreamError
+from oauthgate.errors import AuthError, ProviderError, TokenError, UpstreamError
 from oauthgate.interfaces import (
     IAuthorizer,
     IProvider,
@@ -41,6 +42,7 @@ from oauthgate.sessions.crypto import Sealer
 from oauthgate.web.identity import IdentityHeaders, set_all
 from oauthgate.web.pages import Pages
 from oauthgate.web.redirects import RedirectValidator
+from oauthgate.web.refresh import Refresher
 
 __all__ = ["Gate", "GateResource"]
 
@@ -50,14 +52,14 @@ _NO_CACHE = (
     (b"X-Accel-Expires", b"0"),
 )
 _ROBOTS = b"User-agent: *\nDisallow: /\n"
-# How long a refreshed session is remembered for requests that arrive with the old
-# cookie while (or just after) it was refreshed, so they do not refresh it again.
-_REFRESH_MEMORY = 30.0
+_FORWARDING = (b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded")
 
 
-def _header(request: Request, name: str) -> str | None:
-    value = request.getHeader(name)
-    return None if value is None else value
+def _header(request: Request, name: bytes) -> str | None:
+    """The last value of header ``name``. Read as Latin-1, which never fails: a client
+    sending bytes that are not UTF-8 gets no traceback, only a value that matches nothing."""
+    values = request.requestHeaders.getRawHeaders(name)
+    return values[-1].decode("latin-1") if values else None
 
 
 def _arg(request: Request, name: bytes) -> str | None:
@@ -72,15 +74,8 @@ def _arg(request: Request, name: bytes) -> str | None:
 
 
 def _wants_json(request: Request) -> bool:
-    accept = request.getHeader("accept") or ""
+    accept = _header(request, b"accept") or ""
     return "application/json" in accept and "text/html" not in accept
-
-
-@attrs.define
-class _Refreshed:
-    at: float
-    session: Session
-    value: str
 
 
 @attrs.define
@@ -100,18 +95,26 @@ class Gate:
     clock: IReactorTime
     http_client: Any = None
     random: Callable[[int], bytes] = os.urandom
-    log_requests: bool = True
-    _refreshed: dict[str, _Refreshed] = attrs.field(factory=dict, repr=False)
+    _refresher: Refresher = attrs.field(init=False)
     _csrf: CookieSettings = attrs.field(init=False)
+    _client_ip_header: bytes = attrs.field(init=False)
     _prefix: str = attrs.field(init=False)
     _own_cookie_prefix: str = attrs.field(init=False)
 
     log = Logger()
 
     def __attrs_post_init__(self) -> None:
+        # The provider's redirect back is a cross-site navigation: a Strict CSRF cookie
+        # would never come back with it, so the login cookie is at most Lax.
+        samesite = "lax" if self.cookie.samesite == "strict" else self.cookie.samesite
         self._csrf = attrs.evolve(
-            self.cookie, name=f"{self.cookie.name}_csrf", expire=self.config.cookie_csrf_expire
+            self.cookie,
+            name=f"{self.cookie.name}_csrf",
+            expire=self.config.cookie_csrf_expire,
+            samesite=samesite,
         )
+        self._refresher = Refresher(self.provider, self.store, self.clock)
+        self._client_ip_header = self.config.real_client_ip_header.encode("latin-1")
         self._prefix = self.config.proxy_prefix
         self._own_cookie_prefix = self.cookie.name
 
@@ -121,31 +124,33 @@ class Gate:
         """The client's address: the peer, or with ``--reverse-proxy`` the configured header
         (for X-Forwarded-For the right-most entry, the one the nearest proxy added)."""
         if self.config.reverse_proxy:
-            raw = request.getHeader(self.config.real_client_ip_header)
+            raw = _header(request, self._client_ip_header)
             if raw:
-                candidate = raw.split(",")[-1].strip()
-                if candidate:
+                candidate = _ip(raw.split(",")[-1].strip())
+                if candidate is not None:
                     return candidate
         peer = request.getClientAddress()
         return getattr(peer, "host", None)
 
     def _scheme(self, request: Request) -> str:
         if self.config.reverse_proxy:
-            proto = request.getHeader("x-forwarded-proto")
+            proto = _header(request, b"x-forwarded-proto")
             if proto in ("http", "https"):
                 return proto
         return "https" if request.isSecure() else "http"
 
     def _host(self, request: Request) -> str:
         if self.config.reverse_proxy:
-            forwarded = request.getHeader("x-forwarded-host")
+            forwarded = _header(request, b"x-forwarded-host")
             if forwarded:
                 return forwarded
-        return (request.getHeader("host") or "").strip()
+        return (_header(request, b"host") or "").strip()
 
     # --- the request's way ---------------------------------------------------------------
 
     async def handle(self, request: Request) -> None:
+        if request.uri[:1] != b"/":
+            _to_origin_form(request)
         path = request.path.decode("utf-8", "replace")
         config = self.config
 
@@ -184,7 +189,7 @@ class Gate:
 
     async def authenticate(self, request: Request) -> Session | None:
         """The request's valid session (refreshed when due), or None. Clears a cookie that
-        does not open or whose session has ended."""
+        does not open or whose session the provider ended."""
         value = cookies.read_value(request, self.cookie.name)
         if not value:
             return None
@@ -192,52 +197,34 @@ class Gate:
         if session is None:
             cookies.clear(request, self.cookie)
             return None
-        session = await self._maybe_refresh(request, value, session)
-        if session is None:
-            cookies.clear(request, self.cookie)
-        return session
+        return await self._maybe_refresh(request, value, session)
 
     def _needs_refresh(self, session: Session, now: float) -> bool:
+        if not session.refresh_token:
+            # Nothing to refresh with: the session lives until the cookie expires, as in
+            # oauth2-proxy.
+            return False
         refresh_after = self.config.cookie_refresh
         return session.is_expired(now) or (refresh_after > 0 and session.age(now) > refresh_after)
 
     async def _maybe_refresh(
         self, request: Request, value: str, session: Session
     ) -> Session | None:
+        """The session to use for this request; None when it has ended or is expired and
+        could not be refreshed now."""
         now = self.clock.seconds()
         if not self._needs_refresh(session, now):
             return session
-        if not session.refresh_token:
-            # Nothing to refresh with: an expired session ends, a merely old one goes on.
-            return None if session.is_expired(now) else session
-        async with self.store.lock(value):
-            self._forget_old_refreshes(now)
-            done = self._refreshed.get(value)
-            if done is not None:
-                cookies.write_value(request, self.cookie, done.value)
-                return done.session
-            try:
-                refreshed = await self.provider.refresh(session)
-            except RefreshError as e:
-                self.log.warn(
-                    "Refresh failed for {user}: {reason}",
-                    user=session.email or session.user,
-                    reason=str(e),
-                )
-                if e.fatal or session.is_expired(now):
-                    return None
-                return session
-            if refreshed is None:
-                return None if session.is_expired(now) else session
-            new_value = await self.store.save(refreshed, value)
-            self._refreshed[value] = _Refreshed(now, refreshed, new_value)
-            cookies.write_value(request, self.cookie, new_value)
-            self.log.info("Refreshed session for {user}", user=refreshed.email or refreshed.user)
-            return refreshed
-
-    def _forget_old_refreshes(self, now: float) -> None:
-        for key in [k for k, r in self._refreshed.items() if now - r.at > _REFRESH_MEMORY]:
-            del self._refreshed[key]
+        outcome = await self._refresher.refresh(value, session)
+        if outcome.session is not None and outcome.value is not None:
+            cookies.write_value(request, self.cookie, outcome.value)
+            return outcome.session
+        if outcome.ended:
+            cookies.clear(request, self.cookie)
+            return None
+        # The provider could not refresh it now: a still valid session goes on; an expired
+        # one is sent to login for this request, but keeps its cookie for the next try.
+        return None if session.is_expired(now) else session
 
     async def authorize(self, request: Request, session: Session) -> str | None:
         """None if every authorizer allows ``session``; else the public reason it may not pass."""
@@ -270,8 +257,9 @@ class Gate:
         constraint = check_query_constraints(request.args, session)
         if not constraint.allowed:
             return self._text(request, 403, b"Forbidden")
-        set_all(request.responseHeaders, self.identity.response(session))
+        set_all(request.responseHeaders, self.identity.response(session, tokens=True))
         request.setResponseCode(202)
+        request.setHeader(b"content-length", b"0")
         request.finish()
 
     async def _userinfo(self, request: Request) -> None:
@@ -305,7 +293,12 @@ class Gate:
         if upstream is None:
             raise AuthError(404, "not_found", "No upstream serves this path.")
         self._strip_own_cookies(request)
-        set_all(request.responseHeaders, self.identity.response(session))
+        if not self.config.reverse_proxy:
+            # Only a trusted front proxy may say where the request came from; the upstream
+            # gets these from oauthgate itself.
+            for name in _FORWARDING:
+                request.requestHeaders.removeHeader(name)
+        set_all(request.responseHeaders, self.identity.response(session, tokens=False))
         await upstream.forward(request, self.identity.upstream(session))
 
     def _upstream_for(self, path: str) -> IUpstream | None:
@@ -340,17 +333,17 @@ class Gate:
         if self.config.force_json_errors or _wants_json(request):
             return self._json(request, 401, {})
         redirect = self.redirects.sanitize(request.uri.decode("utf-8", "replace"))
-        if self.config.skip_provider_button:
-            return await self._begin_login(request, redirect)
         for name, value in _NO_CACHE:
             request.setHeader(name, value)
+        if self.config.skip_provider_button:
+            return await self._begin_login(request, redirect)
         self._html(request, 403, self.pages.render_sign_in(redirect))
 
     # --- sign in / start / callback / sign out ----------------------------------------
 
     def _requested_redirect(self, request: Request) -> str:
         """``rd`` (query or form), then ``X-Auth-Request-Redirect``; the first valid one, else /."""
-        for candidate in (_arg(request, b"rd"), _header(request, "x-auth-request-redirect")):
+        for candidate in (_arg(request, b"rd"), _header(request, b"x-auth-request-redirect")):
             if candidate and self.redirects.is_valid(candidate):
                 return candidate
             if candidate:
@@ -489,8 +482,7 @@ class Gate:
         if reason is not None:
             self._auth_log(request, session, "AuthFailure", reason)
             raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
-        stored = session.without_tokens() if self.config.session_cookie_minimal else session
-        cookie_value = await self.store.save(stored, None)
+        cookie_value = await self.store.save(session, None)
         cookies.write_value(request, self.cookie, cookie_value)
         self._auth_log(request, session, "AuthSuccess", "authenticated via OAuth2")
         self._redirect(request, self.redirects.sanitize(str(redirect)))
@@ -606,20 +598,41 @@ class Gate:
         )
 
 
+def _to_origin_form(request: Request) -> None:
+    """``GET http://host/path`` (absolute form) is routed like ``GET /path``: own endpoints
+    must not be reachable as proxied paths, nor proxied paths as anything else."""
+    parts = urlsplit(request.uri)
+    path = parts.path or b"/"
+    request.path = path
+    request.uri = path + (b"?" + parts.query if parts.query else b"")
+
+
 def _is_own_suffix(suffix: bytes) -> bool:
     return suffix == b"csrf" or suffix.isdigit()
 
 
-def _token(random: Callable[[int], bytes]) -> str:
-    import base64
+def _ip(text: str) -> str | None:
+    """``text`` as an IP address (``host:port`` and ``[v6]:port`` forms accepted), or None.
+    Anything else is not an address, whatever a client put in the header."""
+    candidate = text.strip()
+    if candidate.startswith("["):
+        candidate = candidate[1:].split("]", 1)[0]
+    elif candidate.count(":") == 1:
+        candidate = candidate.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None
 
+
+def _token(random: Callable[[int], bytes]) -> str:
     return base64.urlsafe_b64encode(random(32)).rstrip(b"=").decode("ascii")
 
 
 def _request_id(request: Request) -> str:
     rid = getattr(request, "oauthgate_request_id", None)
     if rid is None:
-        rid = (request.getHeader("x-request-id") or secrets.token_hex(8))[:64]
+        rid = (_header(request, b"x-request-id") or secrets.token_hex(8))[:64]
         request.oauthgate_request_id = rid  # type: ignore[attr-defined]
     return str(rid)
 
@@ -635,17 +648,20 @@ class GateResource(Resource):
         self._gate = gate
 
     def render(self, request: Request) -> int:
-        request.oauthgate_started = time.monotonic()  # type: ignore[attr-defined]
+        request.oauthgate_started = self._gate.clock.seconds()  # type: ignore[attr-defined]
         d = Deferred.fromCoroutine(self._gate.handle(request))
         request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
     def _failed(self, failure: Failure, request: Request) -> None:
-        if failure.check(CancelledError):
-            return  # the client went away
         if request.finished or getattr(request, "_disconnected", False):
-            return
+            return  # the client went away (its Deferred was cancelled): nobody to answer
+        if failure.check(CancelledError):
+            self.log.error(
+                "A request was cancelled while its client waited: {path}",
+                path=request.path.decode("utf-8", "replace"),
+            )
         if request.startedWriting:
             # Headers are out; the only honest thing left is to cut the connection.
             self.log.failure("Failed after the response started", failure)
@@ -675,6 +691,17 @@ class GateResource(Resource):
                 path=request.path.decode("utf-8", "replace"),
             )
             self._gate.render_error(request, error)
+            return
+        if isinstance(error, ProviderError):
+            self.log.error("Identity provider error: {message}", message=str(error))
+            self._gate.render_error(
+                request,
+                AuthError(
+                    502,
+                    "provider_error",
+                    "The identity provider is not reachable. Please try again later.",
+                ),
+            )
             return
         if isinstance(error, UpstreamError):
             self.log.warn("Upstream error: {message}", message=str(error))

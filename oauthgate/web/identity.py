@@ -46,9 +46,13 @@ def normalise(name: bytes | str) -> bytes:
     return name.lower().replace(b"_", b"-")
 
 
+_CONTROL = dict.fromkeys([*range(32), 127], " ")
+
+
 def _header_value(value: str) -> bytes:
-    # Header values must not carry line breaks; identity values come from the IdP.
-    return value.replace("\r", " ").replace("\n", " ").encode("utf-8")
+    # Identity values come from the IdP: no line breaks, NULs or other control characters
+    # may reach a header.
+    return value.translate(_CONTROL).encode("utf-8")
 
 
 @attrs.frozen
@@ -124,8 +128,10 @@ class IdentityHeaders:
             out.append((b"Authorization", b"Bearer " + _header_value(session.id_token)))
         return out
 
-    def response(self, session: Session) -> Pairs:
-        """Headers added to oauthgate's answer (``/oauth2/auth`` and proxied responses)."""
+    def response(self, session: Session, *, tokens: bool) -> Pairs:
+        """Headers added to oauthgate's answer: ``/oauth2/auth`` (``tokens=True``) and
+        proxied responses (``tokens=False``: tokens never go to the browser, where page
+        scripts could read them)."""
         out: Pairs = [(b"GAP-Auth", _header_value(session.email or session.user))]
         if self.set_xauthrequest:
             out.append((b"X-Auth-Request-User", _header_value(self._user(session))))
@@ -140,11 +146,11 @@ class IdentityHeaders:
                         _header_value(session.preferred_username),
                     )
                 )
-            if self.pass_access_token and session.access_token:
+            if tokens and self.pass_access_token and session.access_token:
                 out.append((b"X-Auth-Request-Access-Token", _header_value(session.access_token)))
-        if self.set_basic_auth:
+        if tokens and self.set_basic_auth:
             out.append((b"Authorization", self._basic(session)))
-        if self.set_authorization_header and session.id_token:
+        if tokens and self.set_authorization_header and session.id_token:
             out.append((b"Authorization", b"Bearer " + _header_value(session.id_token)))
         return out
 

@@ -7,14 +7,19 @@ entirely for excluded paths.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-__all__ = ["GateSite"]
+__all__ = ["MAX_HEADER_BYTES", "GateSite"]
+
+# Request line plus headers. Twisted's default (16 KiB) is too small for sessions split
+# over several cookies (big Entra ID / Keycloak tokens); oauth2-proxy's Go server allows 1 MiB.
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class GateSite(Site):
@@ -25,29 +30,45 @@ class GateSite(Site):
     noisy = False
     displayTracebacks = False
     request_log = Logger(namespace="oauthgate.request")
+    log_failures = Logger(namespace="oauthgate.web.site")
 
     def __init__(
         self,
         resource: IResource,
+        clock: IReactorTime,
         *,
         enabled: bool = True,
         exclude_paths: Iterable[str] = (),
-        client_ip: object = None,
+        client_ip: Callable[[Request], str | None] | None = None,
     ) -> None:
         Site.__init__(self, resource)
+        self._clock = clock
         self._enabled = enabled
         self._exclude = frozenset(p.encode("utf-8") for p in exclude_paths)
         self._client_ip = client_ip
 
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        protocol = Site.buildProtocol(self, addr)
+        channel = getattr(protocol, "_channel", protocol)
+        channel.totalHeadersSize = MAX_HEADER_BYTES
+        return protocol
+
     def log(self, request: Request) -> None:  # type: ignore[override]
         if not self._enabled or request.path in self._exclude:
             return
+        try:
+            self._log(request)
+        except Exception:
+            # The access log must never break a response.
+            self.log_failures.failure("Could not log a request")
+
+    def _log(self, request: Request) -> None:
         started = getattr(request, "oauthgate_started", None)
-        duration = time.monotonic() - started if started is not None else 0.0
-        peer = request.getClientAddress()
-        client = (
-            self._client_ip(request) if callable(self._client_ip) else getattr(peer, "host", "-")
-        )
+        duration = self._clock.seconds() - started if started is not None else 0.0
+        if self._client_ip is not None:
+            client = self._client_ip(request)
+        else:
+            client = getattr(request.getClientAddress(), "host", None)
         self.request_log.info(
             "{client} - {user} {method} {path} {status} {size} {duration:.3f}s",
             client=client or "-",

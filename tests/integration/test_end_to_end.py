@@ -29,6 +29,7 @@ from twisted.web.server import Site
 from oauthgate.testing import Browser, EchoResource, FakeIdP
 
 ROOT = Path(__file__).resolve().parents[2]
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 CLIENT_ID = "e2e-client"
 CLIENT_SECRET = "e2e-client-secret"
 
@@ -52,7 +53,7 @@ class OAuthGateProcess:
         command = [
             sys.executable,
             "-c",
-            "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+            TWISTD,
             "-n",
             "--pidfile=",
             "oauthgate",
@@ -245,7 +246,7 @@ class StartupErrorTests(TestCase):
             [
                 sys.executable,
                 "-c",
-                "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+                TWISTD,
                 "-n",
                 "--pidfile=",
                 "oauthgate",
@@ -269,3 +270,39 @@ class StartupErrorTests(TestCase):
         self.assertIn("cookie_secret", joined)
         self.assertIn("upstream", joined)
         self.assertNotIn("tooshort", joined)
+
+    def test_a_port_in_use_exits_1_with_one_line(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        workdir = Path(self.mktemp())
+        workdir.mkdir(parents=True)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "oauthgate",
+                    "--provider=oidc",
+                    "--oidc-issuer-url=http://127.0.0.1:9",
+                    "--client-id=a",
+                    "--client-secret=b",
+                    "--cookie-secret=0123456789abcdef",
+                    "--email-domain=example.com",
+                    f"--http-address=127.0.0.1:{port}",
+                ],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(
+            result.stderr.strip(),
+            f"oauthgate: cannot listen on 127.0.0.1:{port}: Address already in use",
+        )

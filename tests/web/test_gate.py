@@ -25,6 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
 
 from oauthgate.config.options import Config
@@ -45,7 +46,7 @@ from oauthgate.testing import (
     memory_http_client,
 )
 from oauthgate.upstreams.http import HTTPUpstream
-from oauthgate.web.gate import Gate, GateResource
+from oauthgate.web.gate import Gate, GateResource, _to_origin_form
 
 EPOCH = 1_800_000_000
 APP = "https://app.test"
@@ -879,6 +880,104 @@ class SpoofingTests(GateTestCase):
         self.assertEqual(names, [f"{SESSION}_extra", "theme"])
 
 
+class ForwardedHeaderTests(GateTestCase):
+    FORWARDED = {
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "gopher",
+        "X-Forwarded-For": "6.6.6.6",
+        "Forwarded": "for=6.6.6.6;host=evil.example",
+    }
+
+    def test_without_reverse_proxy_client_forwarding_headers_are_replaced(self) -> None:
+        """An app that builds absolute links from X-Forwarded-Host must not be poisoned by
+        whoever reaches oauthgate directly."""
+        world = make_world()
+        self.get_success(world.login())
+        headers = self.get_success(world.echo("/api", headers=self.FORWARDED))["headers"]
+        self.assertEqual(headers["x-forwarded-host"], ["app.test"])
+        self.assertEqual(headers["x-forwarded-proto"], ["https"])
+        self.assertNotIn("6.6.6.6", json.dumps(headers))
+        self.assertNotIn("forwarded", headers)
+
+    def test_with_reverse_proxy_the_front_proxys_headers_are_kept(self) -> None:
+        world = make_world(reverse_proxy=True, redirect_url=APP + "/oauth2/callback")
+        self.get_success(world.login())
+        headers = self.get_success(
+            world.echo("/api", headers={"X-Forwarded-Host": "app.example.com"})
+        )["headers"]
+        self.assertEqual(headers["x-forwarded-host"], ["app.example.com"])
+
+    def test_a_real_ip_header_that_is_no_address_is_not_used(self) -> None:
+        world = make_world(reverse_proxy=True)
+        request = _request_with(b"X-Real-IP", b"1.2.3.4 - alice GET /admin 200")
+        self.assertNotEqual(world.gate.client_ip(request), "1.2.3.4 - alice GET /admin 200")
+        request = _request_with(b"X-Real-IP", b"[2001:db8::1]:443")
+        self.assertEqual(world.gate.client_ip(request), "2001:db8::1")
+
+
+def _request_with(name: bytes, value: bytes) -> Request:
+    request = Request(DummyChannel())
+    request.requestHeaders.setRawHeaders(name, [value])
+    return request
+
+
+class MalformedRequestTests(GateTestCase):
+    def raw_get(self, world: GateWorld, path: str, headers: dict[bytes, bytes]) -> int:
+        d = world.http.request(
+            "GET", APP + path, headers=Headers({k: [v] for k, v in headers.items()})
+        )
+        return int(self.successResultOf(d).code)
+
+    def test_headers_that_are_not_utf8_get_an_answer_not_a_500(self) -> None:
+        world = make_world(reverse_proxy=True)
+        self.assertEqual(self.raw_get(world, "/", {b"Accept": b"\xff\xfe"}), 403)
+        self.assertEqual(
+            self.raw_get(world, "/oauth2/sign_in", {b"X-Auth-Request-Redirect": b"/\xff"}), 200
+        )
+        self.assertEqual(self.raw_get(world, "/ping", {b"X-Real-IP": b"\xff"}), 200)
+        self.assertEqual(self.raw_get(world, "/oauth2/auth", {b"X-Request-Id": b"\xff"}), 401)
+
+    def test_absolute_form_requests_are_routed_by_their_path(self) -> None:
+        request = _request_with(b"Host", b"app.test")
+        request.uri = b"http://app.test/oauth2/auth?x=1"
+        request.path = b"http://app.test/oauth2/auth"
+        _to_origin_form(request)
+        self.assertEqual((request.path, request.uri), (b"/oauth2/auth", b"/oauth2/auth?x=1"))
+
+
+class TokenExposureTests(GateTestCase):
+    def test_tokens_go_to_auth_request_answers_but_never_to_the_browser(self) -> None:
+        world = make_world(pass_access_token=True, set_authorization_header=True)
+        self.get_success(world.login())
+        auth = self.get_success(world.get("/oauth2/auth"))
+        self.assertIsNotNone(auth.header("x-auth-request-access-token"))
+        self.assertTrue((auth.header("authorization") or "").startswith("Bearer "))
+        page = self.get_success(world.get("/page"))
+        self.assertEqual(page.status, 200)
+        self.assertIsNone(page.header("x-auth-request-access-token"))
+        self.assertIsNone(page.header("authorization"))
+        self.assertEqual(page.header("x-auth-request-email"), "alice@example.com")
+
+    def test_the_auth_answer_has_an_empty_body_with_a_length(self) -> None:
+        world = make_world()
+        self.get_success(world.login())
+        auth = self.get_success(world.get("/oauth2/auth"))
+        self.assertEqual((auth.status, auth.body), (202, b""))
+        self.assertNotIn("text/html", auth.header("content-type") or "")
+
+
+class StrictSameSiteTests(GateTestCase):
+    def test_login_works_with_a_strict_session_cookie(self) -> None:
+        """The provider's redirect back is cross-site: the CSRF cookie is Lax so it comes
+        back, while the session cookie stays Strict."""
+        world = make_world(cookie_samesite="strict")
+        start = self.get_success(world.get("/oauth2/start?rd=/", follow=False))
+        self.assertIn("SameSite=Lax", set_cookies(start)[CSRF])
+        landed = self.get_success(world.login())
+        self.assertEqual(landed.status, 200)
+        self.assertIn("SameSite=Strict", set_cookies(callback_response(landed))[SESSION])
+
+
 # -- API clients and the sign-in button ---------------------------------------------------
 
 
@@ -1146,13 +1245,49 @@ class RefreshTests(GateTestCase):
         self.assertEqual(grants(world.idp), ["authorization_code", "refresh_token"])
         self.assertIn(SESSION, set_cookies(answer))
 
-    def test_an_expired_access_token_whose_refresh_fails_is_401(self) -> None:
+    def test_an_expired_access_token_whose_refresh_fails_now_is_401_but_keeps_the_cookie(
+        self,
+    ) -> None:
+        """A blip at the IdP does not log anyone out: this request is refused, the next
+        one tries again and succeeds once the IdP is back."""
         world = self.logged_in(cookie_refresh=0.0)
         world.idp.fail_refresh = 503
         world.clock.advance(3601)
         answer = self.get_success(world.get("/oauth2/auth"))
         self.assertEqual(answer.status, 401)
-        self.assertIsNone(world.browser.cookie(SESSION))
+        self.assertIsNotNone(world.browser.cookie(SESSION))
+        world.idp.fail_refresh = None
+        self.assertEqual(self.get_success(world.get("/oauth2/auth")).status, 202)
+        self.assertEqual(
+            grants(world.idp), ["authorization_code", "refresh_token", "refresh_token"]
+        )
+
+    def test_a_session_without_refresh_token_lives_until_the_cookie_expires(self) -> None:
+        """As in oauth2-proxy: with nothing to refresh with, the access token's expiry
+        does not end the session (a --session-cookie-minimal session, say)."""
+        world = self.logged_in(cookie_refresh=0.0, session_cookie_minimal=True)
+        world.clock.advance(3601)
+        self.assertEqual(self.get_success(world.get("/oauth2/auth")).status, 202)
+        world.clock.advance(7 * 24 * 3600)
+        self.assertEqual(self.get_success(world.get("/oauth2/auth")).status, 401)
+        self.assertEqual(grants(world.idp), ["authorization_code"])
+
+    def test_a_client_that_leaves_does_not_cancel_the_refresh(self) -> None:
+        """With rotating refresh tokens, a refresh cut off half-way would lose the new
+        token and end the session at the next refresh."""
+        world = self.logged_in()
+        world.hosts.add_host("idp.test", Delayed(world.idp.resource(), world.clock, 1.0))
+        world.clock.advance(61)
+        leaving = Deferred.fromCoroutine(world.get("/oauth2/auth"))
+        self.assertNoResult(leaving)
+        leaving.cancel()
+        self.failureResultOf(leaving)
+        world.clock.advance(1)
+        world.flush()
+        self.assertEqual(grants(world.idp), ["authorization_code", "refresh_token"])
+        # The next request with the same old cookie uses the refresh that completed.
+        self.assertEqual(self.get_success(world.get("/oauth2/auth")).status, 202)
+        self.assertEqual(len(grants(world.idp)), 2)
 
 
 # -- upstream failures --------------------------------------------------------------------

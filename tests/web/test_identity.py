@@ -95,8 +95,12 @@ class UpstreamHeaderTests(SynchronousTestCase):
 
 class ResponseHeaderTests(SynchronousTestCase):
     def test_gap_auth_always_and_x_auth_request_when_set(self) -> None:
-        self.assertEqual(headers_for().response(ALICE), [(b"GAP-Auth", b"alice@example.com")])
-        out = dict(headers_for(set_xauthrequest=True, pass_access_token=True).response(ALICE))
+        self.assertEqual(
+            headers_for().response(ALICE, tokens=True), [(b"GAP-Auth", b"alice@example.com")]
+        )
+        out = dict(
+            headers_for(set_xauthrequest=True, pass_access_token=True).response(ALICE, tokens=True)
+        )
         self.assertEqual(out[b"X-Auth-Request-User"], b"alice-sub")
         self.assertEqual(out[b"X-Auth-Request-Email"], b"alice@example.com")
         self.assertEqual(out[b"X-Auth-Request-Groups"], b"admins,staff")
