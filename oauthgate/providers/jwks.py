@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from oauthgate.errors import ProviderError, TokenError
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "REQUEST_TIMEOUT",
     "HTTPClientLike",
     "HTTPResult",
@@ -33,6 +34,13 @@ __all__ = [
 T = TypeVar("T")
 
 REQUEST_TIMEOUT = 10.0  # seconds; a hung identity provider never hangs a login forever
+MAX_RESPONSE_BYTES = 1024 * 1024  # a provider's answer larger than this is refused unread
+
+# For a JWK without ``alg``, the token header's alg is accepted only from the family of
+# the key's type (and curve). HMAC and ``none`` are never accepted.
+_RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+_EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1": "ES256K"}
+_OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 
 # PyJWT checks the signature only; the time claims are checked against the injected clock.
 _SIGNATURE_ONLY: Any = {
@@ -79,13 +87,19 @@ async def fetch(
     *,
     what: str,
     timeout: float = REQUEST_TIMEOUT,
+    limit: int = MAX_RESPONSE_BYTES,
     **kwargs: Any,
 ) -> HTTPResult:
     """Send one request and read the whole response, within ``timeout`` seconds of ``clock``.
 
+    The body is read up to ``limit`` bytes: a larger answer (by its Content-Length, or
+    as it arrives) is refused and its connection closed, so a provider cannot make us
+    buffer without bound.
+
     Raises:
-        ProviderError: the request failed, or did not complete in time. The message
-            names ``what`` and ``url``, never the request's data or headers.
+        ProviderError: the request failed, did not complete in time, or its response
+            was too large. The message names ``what`` and ``url``, never the request's
+            data or headers.
     """
 
     async def go() -> HTTPResult:
@@ -93,7 +107,7 @@ async def fetch(
             response = await http_client.post(url, **kwargs)
         else:
             response = await http_client.get(url, **kwargs)
-        body = await treq.content(response)
+        body = await _read_body(response, limit, f"{what} ({url})")
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         media_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
         return HTTPResult(response.code, media_type, body)
@@ -112,6 +126,39 @@ async def fetch(
         raise ProviderError(
             f"{what} ({url}) could not be reached: {e.__class__.__name__}: {e}"
         ) from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(response: Any, limit: int, source: str) -> bytes:
+    """The response's body, or ProviderError once it is known to exceed ``limit`` bytes."""
+    declared = response.length
+    too_large = ProviderError(f"{source}: response too large (over {limit} bytes)")
+    chunks: list[bytes] = []
+    size = 0
+
+    def collector(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise _TooLarge()  # treq.collect closes the connection
+        chunks.append(data)
+
+    if isinstance(declared, int) and declared > limit:
+        treq.collect(response, _refuse).addErrback(lambda _: None)
+        raise too_large
+    try:
+        await treq.collect(response, collector)
+    except _TooLarge:
+        raise too_large from None
+    return b"".join(chunks)
+
+
+def _refuse(data: bytes) -> None:
+    """A body collector that stops the transfer at the first byte."""
+    raise _TooLarge()
 
 
 @attrs.define
@@ -145,7 +192,7 @@ class SingleFlight(Generic[T]):
 class _Key:
     kid: str | None
     key: Any = attrs.field(repr=False)
-    algorithm: str
+    algorithms: tuple[str, ...]  # what a token checked with this key may use
 
 
 def _short(value: object) -> str:
@@ -177,8 +224,11 @@ class JWKSCache:
     def url(self) -> str:
         return self._url
 
-    async def get_key(self, kid: str | None) -> tuple[Any, str]:
-        """The verification key for ``kid`` and the one algorithm it may be used with.
+    async def get_key(self, kid: str | None) -> tuple[Any, tuple[str, ...]]:
+        """The verification key for ``kid`` and the algorithms it may be used with.
+
+        A key with ``alg`` allows exactly that algorithm; one without allows its key
+        type's family: RSA the RS* and PS* algorithms, EC the ES* of its curve, OKP EdDSA.
 
         A ``kid`` of None matches only when the set holds exactly one key.
 
@@ -194,7 +244,7 @@ class JWKSCache:
             keys = await self._flight.run(self._fetch)
             found = self._find(keys, kid)
         if found is not None:
-            return found.key, found.algorithm
+            return found.key, found.algorithms
         if kid is None:
             raise TokenError(
                 f"the token has no key id (kid) and the JWKS at {self._url} has {len(keys)} keys"
@@ -204,8 +254,9 @@ class JWKSCache:
     async def verify(self, token: str) -> dict[str, Any]:
         """The claims of ``token`` once its signature checks out; no claim is checked.
 
-        The algorithm comes from the key, never from the token: a token whose header
-        ``alg`` differs from its key's (``none``, HS256 keyed with the public key) is refused.
+        The algorithms come from the key, never from the token: a token whose header
+        ``alg`` is not one its key allows (``none``, HS256 keyed with the public key, ES384
+        with a P-256 key) is refused.
 
         Raises:
             TokenError: a malformed token, an unknown key, a wrong algorithm or signature.
@@ -218,14 +269,15 @@ class JWKSCache:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise TokenError("the token's key id (kid) is not a string")
-        key, algorithm = await self.get_key(kid)
+        key, algorithms = await self.get_key(kid)
         alg = header.get("alg")
-        if alg != algorithm:
+        if not isinstance(alg, str) or alg not in algorithms:
             raise TokenError(
-                f"the token's algorithm {_short(alg)} does not match its key's ({algorithm})"
+                f"the token's algorithm {_short(alg)} is not one its key allows "
+                f"({', '.join(algorithms)})"
             )
         try:
-            claims = jwt.decode(token, key, algorithms=[algorithm], options=_SIGNATURE_ONLY)
+            claims = jwt.decode(token, key, algorithms=[alg], options=_SIGNATURE_ONLY)
         except jwt.InvalidSignatureError:
             raise TokenError("the token's signature is invalid") from None
         except jwt.PyJWTError as e:
@@ -289,15 +341,37 @@ class JWKSCache:
         if (
             entry.get("use", "sig") != "sig"
             or entry.get("kty") == "oct"
+            or (alg is not None and not isinstance(alg, str))
             or (isinstance(alg, str) and (alg.startswith("HS") or alg.lower() == "none"))
         ):
             self.log.debug("Ignoring non-signing JWK {kid} at {url}", kid=kid, url=self._url)
             return None
+        algorithms = (alg,) if isinstance(alg, str) else _family(entry)
+        if not algorithms:
+            self.log.warn(
+                "Ignoring JWK {kid} at {url}: no alg, and no algorithm family for its type",
+                kid=kid,
+                url=self._url,
+            )
+            return None
         try:
-            jwk = jwt.PyJWK(entry)
+            jwk = jwt.PyJWK(entry, algorithm=algorithms[0])
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as e:
             self.log.warn(
                 "Ignoring unusable JWK {kid} at {url}: {reason}", kid=kid, url=self._url, reason=e
             )
             return None
-        return _Key(kid, jwk.key, jwk.algorithm_name)
+        return _Key(kid, jwk.key, algorithms)
+
+
+def _family(entry: dict[str, Any]) -> tuple[str, ...]:
+    """The algorithms a JWK without ``alg`` may verify, from its key type and curve."""
+    kty = entry.get("kty")
+    crv = entry.get("crv")
+    if kty == "RSA":
+        return _RSA_ALGORITHMS
+    if kty == "EC" and isinstance(crv, str) and crv in _EC_ALGORITHMS:
+        return (_EC_ALGORITHMS[crv],)
+    if kty == "OKP" and crv in _OKP_CURVES:
+        return ("EdDSA",)
+    return ()

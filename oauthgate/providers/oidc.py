@@ -34,6 +34,8 @@ LEEWAY = 60.0  # seconds of clock skew tolerated on exp, iat and nbf
 
 _DEFAULT_SCOPE = "openid email profile"
 _FATAL_REFRESH_ERRORS = frozenset({"invalid_grant", "invalid_client"})
+# The session fields a provider's claims fill in (besides ``user``, the subject).
+_IDENTITY_FIELDS = ("email", "groups", "preferred_username")
 # Parameters the login flow must not override through extra_params.
 _PROTECTED_PARAMS = frozenset(
     {
@@ -317,11 +319,13 @@ class OIDCProvider:
     ) -> Session:
         """Exchange ``code`` at the token endpoint and verify the id_token it returns.
 
-        The session is enriched (see :meth:`enrich`) before it is returned.
+        The session holds what the verified id_token says and nothing else: userinfo is
+        not asked here. The caller then calls :meth:`enrich` once, which fills in what
+        the id_token lacked and refuses a session without an email.
 
         Raises:
-            TokenError: the id_token failed verification, or the email is not verified.
-            ProviderError: the token endpoint refused or failed, or no email was found.
+            TokenError: the id_token failed verification, or its email is marked unverified.
+            ProviderError: the token endpoint refused or failed.
         """
         discovered = await self._endpoints()
         form = [
@@ -343,7 +347,7 @@ class OIDCProvider:
         )
         now = self._clock.seconds()
         refresh_token = tokens.get("refresh_token")
-        session = Session(
+        return Session(
             **self._identity(claims),
             access_token=access_token,
             id_token=id_token,
@@ -352,32 +356,29 @@ class OIDCProvider:
             expires_on=self._expires_on(tokens, claims, now),
             provider=self.id,
         )
-        return await self.enrich(session)
 
     async def enrich(self, session: Session) -> Session:
-        """Fill a missing email, groups or preferred_username from the userinfo endpoint.
+        """Fill a missing email, groups or preferred_username from userinfo; require an email.
 
-        Skipped with ``skip_claims_from_profile_url``, and when nothing is missing; a
-        userinfo failure is logged and the session kept as it is. Idempotent.
+        userinfo is asked at most once, only when something is missing, and never with
+        ``skip_claims_from_profile_url``. Its answer is used only when its ``sub`` is the
+        session's user (OIDC Core 5.3.2); an answer without ``sub``, for another user, or
+        a failed request is logged and ignored. Idempotent.
 
         Raises:
-            ProviderError: the session still has no email, or userinfo is for another user.
-            TokenError: userinfo says the email is not verified.
+            ProviderError: the session still has no email.
+            TokenError: userinfo's email is marked unverified.
         """
-        missing = not (session.email and session.groups and session.preferred_username)
+        missing = [name for name in _IDENTITY_FIELDS if not getattr(session, name)]
         if missing and session.access_token and not self._config.skip_claims_from_profile_url:
             discovered = await self._endpoints()
-            if discovered.endpoints.profile:
-                try:
-                    claims = await self._userinfo(discovered, session.access_token)
-                except ProviderError as e:
-                    self.log.warn(
-                        "The userinfo request failed, using the id_token only: {reason}",
-                        url=discovered.endpoints.profile,
-                        reason=str(e),
-                    )
-                else:
-                    session = self._merge_userinfo(session, claims)
+            try:
+                claims = await self._userinfo(discovered, session.access_token, session.user)
+            except ProviderError as e:
+                self.log.warn("Not using userinfo, only the id_token: {reason}", reason=str(e))
+            else:
+                if claims is not None:
+                    session = attrs.evolve(session, **self._from_userinfo(claims, missing))
         if not session.email:
             raise ProviderError("neither the id_token nor the userinfo endpoint gave an email")
         return session
@@ -385,11 +386,20 @@ class OIDCProvider:
     async def refresh(self, session: Session) -> Session | None:
         """The session with new tokens from the refresh_token grant; None without one.
 
-        A new id_token is verified (without nonce) and must be for the same user.
+        The identity follows the provider, so removals (a group taken away) take effect:
+
+        - with a new id_token (verified, without nonce, and for the same user), the
+          identity comes from it as a whole. A claim it does not carry is asked of
+          userinfo again (unless ``skip_claims_from_profile_url``), and otherwise cleared;
+          if that userinfo request fails, those claims keep their previous values.
+        - without one, the groups are asked of userinfo with the new access token
+          (unless ``skip_claims_from_profile_url``) and replaced by its answer; if that
+          request fails, the previous identity is kept.
 
         Raises:
             RefreshError: ``fatal`` when the provider says ``invalid_grant`` or
-                ``invalid_client`` (or the identity changed); not fatal for outages.
+                ``invalid_client``, or the refreshed identity is unusable (another user,
+                an unverified email, or no email); not fatal for outages.
         """
         if not session.refresh_token:
             return None
@@ -420,7 +430,7 @@ class OIDCProvider:
         )
         id_token = tokens.get("id_token")
         if not isinstance(id_token, str) or not id_token:
-            return refreshed
+            return await self._refresh_groups(discovered, refreshed)
         try:
             claims = await self._verify_id_token(discovered, id_token, None)
         except ProviderError as e:
@@ -432,13 +442,63 @@ class OIDCProvider:
             raise RefreshError(str(e), fatal=True) from None
         if identity["user"] != session.user:
             raise RefreshError("the refreshed id_token is for another user", fatal=True)
-        updates = {name: value for name, value in identity.items() if value}
+        missing = self._not_carried(claims, identity)
+        if missing and not self._config.skip_claims_from_profile_url:
+            try:
+                info = await self._userinfo(discovered, access_token, session.user)
+            except ProviderError as e:
+                self.log.warn(
+                    "Not using userinfo after a refresh, keeping the previous {fields}: {reason}",
+                    fields=", ".join(missing),
+                    reason=str(e),
+                )
+                identity.update({name: getattr(session, name) for name in missing})
+            else:
+                if info is not None:
+                    try:
+                        identity.update(self._from_userinfo(info, missing))
+                    except TokenError as e:
+                        raise RefreshError(str(e), fatal=True) from None
+        if not identity["email"]:
+            raise RefreshError(
+                "neither the refreshed id_token nor the userinfo endpoint gave an email",
+                fatal=True,
+            )
         return attrs.evolve(
             refreshed,
-            **updates,
+            **identity,
             id_token=id_token,
             expires_on=self._expires_on(tokens, claims, now),
         )
+
+    def _not_carried(self, claims: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:
+        """The identity fields an id_token does not carry (an empty groups list is carried)."""
+        groups_absent = get_claim(claims, self._config.oidc_groups_claim) is None
+        return [
+            name
+            for name in _IDENTITY_FIELDS
+            if (groups_absent if name == "groups" else not identity[name])
+        ]
+
+    async def _refresh_groups(self, discovered: _Discovered, session: Session) -> Session:
+        """``session`` with its groups as userinfo now gives them (the refresh had no id_token).
+
+        The previous identity is kept when userinfo is not to be asked or fails.
+        """
+        if self._config.skip_claims_from_profile_url:
+            return session
+        try:
+            claims = await self._userinfo(discovered, session.access_token, session.user)
+        except ProviderError as e:
+            self.log.warn(
+                "Not using userinfo after a refresh, keeping the previous groups: {reason}",
+                reason=str(e),
+            )
+            return session
+        if claims is None:
+            return session
+        groups = coerce_groups(get_claim(claims, self._config.oidc_groups_claim))
+        return attrs.evolve(session, groups=groups)
 
     async def authorize(self, session: Session) -> bool:
         """Always True: groups and emails are checked by the common authorizers."""
@@ -599,8 +659,18 @@ class OIDCProvider:
             "preferred_username": preferred_username if isinstance(preferred_username, str) else "",
         }
 
-    async def _userinfo(self, discovered: _Discovered, access_token: str) -> dict[str, Any]:
+    async def _userinfo(
+        self, discovered: _Discovered, access_token: str, user: str
+    ) -> dict[str, Any] | None:
+        """userinfo's claims about ``user``; None when there is no endpoint or access token.
+
+        Raises:
+            ProviderError: the request failed, or the answer is not about ``user``: its
+                ``sub`` is missing or another (OIDC Core 5.3.2: then it must not be used).
+        """
         url = discovered.endpoints.profile
+        if not url or not access_token:
+            return None
         result = await fetch(
             self._http_client,
             self._clock,
@@ -615,32 +685,38 @@ class OIDCProvider:
         if result.code != 200:
             raise ProviderError(f"the userinfo endpoint ({url}) answered HTTP {result.code}")
         if result.media_type == "application/jwt":
-            return await discovered.jwks.verify(result.body.decode("ascii", "replace").strip())
-        claims = result.json("the userinfo endpoint", url)
-        if not isinstance(claims, dict):
-            raise ProviderError(f"the userinfo endpoint ({url}) did not answer a JSON object")
+            claims = await discovered.jwks.verify(result.body.decode("ascii", "replace").strip())
+        else:
+            claims = result.json("the userinfo endpoint", url)
+            if not isinstance(claims, dict):
+                raise ProviderError(f"the userinfo endpoint ({url}) did not answer a JSON object")
+        sub = claims.get("sub")
+        if sub is None:
+            raise ProviderError(f"the userinfo endpoint ({url}) answered without a subject (sub)")
+        if sub != user:
+            raise ProviderError(f"the userinfo endpoint ({url}) answered for another user (sub)")
         return claims
 
-    def _merge_userinfo(self, session: Session, claims: Mapping[str, Any]) -> Session:
-        """``session`` with its missing identity fields taken from userinfo ``claims``."""
-        sub = claims.get("sub")
-        if sub is not None and sub != session.user:
-            raise ProviderError("the userinfo endpoint answered for another user (sub)")
+    def _from_userinfo(self, claims: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+        """The identity ``fields`` that userinfo ``claims`` give (those it does not are left out).
+
+        Raises TokenError when it gives an email marked unverified.
+        """
         updates: dict[str, Any] = {}
-        if not session.email:
+        if "email" in fields:
             email = get_claim(claims, self._email_claim())
             if isinstance(email, str) and email:
                 self._check_email_verified(claims)
                 updates["email"] = email
-        if not session.groups:
+        if "groups" in fields:
             groups = coerce_groups(get_claim(claims, self._config.oidc_groups_claim))
             if groups:
                 updates["groups"] = groups
-        if not session.preferred_username:
+        if "preferred_username" in fields:
             name = claims.get("preferred_username")
             if isinstance(name, str) and name:
                 updates["preferred_username"] = name
-        return attrs.evolve(session, **updates) if updates else session
+        return updates
 
     @staticmethod
     def _expires_on(

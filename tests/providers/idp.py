@@ -129,6 +129,7 @@ class TinyIdP(Resource):
     jwks_answer: Answer | None = None  # served instead of ``keys`` when set
     token_answer: Callable[[], Answer] | None = None
     userinfo: dict[str, Any] = attrs.Factory(lambda: {"sub": "user-1"})
+    userinfo_answer: Answer | None = None  # served instead of ``userinfo`` when set
     hang_token: bool = False
     requests: list[tuple[bytes, dict[bytes, Sequence[bytes]], dict[str, str]]] = attrs.Factory(list)
 
@@ -198,7 +199,7 @@ class TinyIdP(Resource):
                 return NOT_DONE_YET
             answer = self.token_answer() if self.token_answer else Answer.json(self.tokens())
         elif path == b"/userinfo":
-            answer = Answer.json(self.userinfo)
+            answer = self.userinfo_answer or Answer.json(self.userinfo)
         else:
             answer = Answer(404, b"not found", b"text/plain")
         request.setResponseCode(answer.status)

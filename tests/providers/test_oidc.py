@@ -6,6 +6,7 @@ import base64
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, unquote_plus, urlsplit
 
+import attrs
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -68,6 +69,11 @@ class OIDCTestCase(SynchronousTestCase):
 
     def redeem(self, provider: OIDCProvider, nonce: str = NONCE) -> Any:
         return provider.redeem("code-xyz", "verifier-1", REDIRECT, nonce)
+
+    async def login(self, provider: OIDCProvider) -> Session:
+        """What the gate's callback does: redeem the code, then enrich the session once."""
+        session = await provider.redeem("code-xyz", "verifier-1", REDIRECT, NONCE)
+        return await provider.enrich(session)
 
     def with_id_token(self, token: str) -> None:
         self.idp.token_answer = lambda: Answer.json(self.idp.tokens(id_token=token))
@@ -449,7 +455,7 @@ class ClaimsTests(OIDCTestCase):
     def test_missing_groups_are_fetched_from_userinfo(self) -> None:
         self.idp.claims["groups"] = None
         self.idp.userinfo = {"sub": "user-1", "groups": ["ops", 7]}
-        session = self.get(self.redeem(self.provider()))
+        session = self.get(self.login(self.provider()))
         self.assertEqual(session.groups, ("ops", "7"))
         headers, _ = self.idp.last(b"/userinfo")
         self.assertEqual(headers[b"authorization"], [b"Bearer at-1"])
@@ -457,23 +463,62 @@ class ClaimsTests(OIDCTestCase):
     def test_missing_email_is_fetched_from_userinfo(self) -> None:
         self.idp.claims.update(email=None, email_verified=None)
         self.idp.userinfo = {"sub": "user-1", "email": "dave@example.com"}
-        self.assertEqual(self.get(self.redeem(self.provider())).email, "dave@example.com")
+        self.assertEqual(self.get(self.login(self.provider())).email, "dave@example.com")
 
-    def test_userinfo_for_another_user_is_refused(self) -> None:
+    def test_unverified_email_from_userinfo_is_refused(self) -> None:
+        self.idp.claims.update(email=None, email_verified=None)
+        self.idp.userinfo = {"sub": "user-1", "email": "dave@example.com", "email_verified": False}
+        error = self.refused(self.login(self.provider()), TokenError)
+        self.assertIn("email not verified", str(error))
+
+    def test_userinfo_for_another_user_is_not_used(self) -> None:
         self.idp.claims.update(email=None)
         self.idp.userinfo = {"sub": "user-2", "email": "mallory@example.com"}
-        error = self.refused(self.redeem(self.provider()), ProviderError)
-        self.assertIn("another user", str(error))
+        with capturedLogs() as events:
+            error = self.refused(self.login(self.provider()), ProviderError)
+        self.assertIn("neither the id_token nor the userinfo endpoint gave an email", str(error))
+        self.assertIn("another user", repr([e.get("reason") for e in events]))
+
+    def test_userinfo_without_sub_is_not_used(self) -> None:
+        """OIDC Core 5.3.2: a userinfo answer must carry the id_token's sub to be used."""
+        self.idp.claims["groups"] = None
+        self.idp.userinfo = {"groups": ["admins"]}
+        with capturedLogs() as events:
+            session = self.get(self.login(self.provider()))
+        self.assertEqual(session.groups, ())
+        warnings = [e for e in events if e["log_level"].name == "warn"]
+        self.assertIn("without a subject (sub)", repr([e.get("reason") for e in warnings]))
 
     def test_no_email_anywhere_is_refused(self) -> None:
         self.idp.claims.update(email=None)
-        error = self.refused(self.redeem(self.provider()), ProviderError)
+        error = self.refused(self.login(self.provider()), ProviderError)
         self.assertIn("neither the id_token nor the userinfo endpoint gave an email", str(error))
 
     def test_userinfo_not_called_when_skipped(self) -> None:
         self.idp.claims.update(email=None)
         provider = self.provider(skip_claims_from_profile_url=True)
-        self.refused(self.redeem(provider), ProviderError)
+        self.refused(self.login(provider), ProviderError)
+        self.assertEqual(self.idp.count(b"/userinfo"), 0)
+
+    def test_redeem_returns_the_id_token_identity_without_asking_userinfo(self) -> None:
+        """Backfilling is enrich's job; redeem gives only what the verified id_token says."""
+        self.idp.claims.update(email=None, groups=None)
+        self.idp.userinfo = {"sub": "user-1", "email": "dave@example.com", "groups": ["ops"]}
+        session = self.get(self.redeem(self.provider()))
+        self.assertEqual((session.user, session.email, session.groups), ("user-1", "", ()))
+        self.assertEqual(self.idp.count(b"/userinfo"), 0)
+
+    def test_a_login_asks_userinfo_at_most_once(self) -> None:
+        """Even when userinfo cannot fill everything the id_token lacked."""
+        self.idp.claims.update(groups=None, preferred_username=None)
+        self.idp.userinfo = {"sub": "user-1", "groups": ["ops"]}
+        session = self.get(self.login(self.provider()))
+        self.assertEqual((session.groups, session.preferred_username), (("ops",), ""))
+        self.assertEqual(self.idp.count(b"/userinfo"), 1)
+
+    def test_a_login_with_a_complete_id_token_does_not_ask_userinfo(self) -> None:
+        session = self.get(self.login(self.provider()))
+        self.assertEqual(session.groups, ("admins", "staff"))
         self.assertEqual(self.idp.count(b"/userinfo"), 0)
 
     def test_enrich_leaves_a_complete_session_alone(self) -> None:
@@ -528,6 +573,115 @@ class RefreshTests(OIDCTestCase):
         self.assertEqual(refreshed.groups, ("admins", "new-team"))
         self.assertEqual(refreshed.preferred_username, "alice")
         self.assertNotEqual(refreshed.id_token, "old-id-token")
+
+    def refresh_with_id_token(self, **claims: Any) -> None:
+        """The token endpoint answers the refresh with a new id_token carrying ``claims``."""
+        self.idp.token_answer = lambda: Answer.json(
+            {
+                "access_token": "at-2",
+                "expires_in": 600,
+                "id_token": self.idp.id_token(nonce=None, **claims),
+            }
+        )
+
+    def refresh_without_id_token(self) -> None:
+        self.idp.token_answer = lambda: Answer.json({"access_token": "at-2", "expires_in": 600})
+
+    def test_groups_missing_from_the_new_id_token_are_removed(self) -> None:
+        """A user taken out of every group at the provider loses them on the next refresh."""
+        self.refresh_with_id_token(groups=None)
+        refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual(refreshed.groups, ())
+        headers, _ = self.idp.last(b"/userinfo")
+        self.assertEqual(headers[b"authorization"], [b"Bearer at-2"])
+
+    def test_empty_groups_in_the_new_id_token_are_removed(self) -> None:
+        self.refresh_with_id_token(groups=[])
+        refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual(refreshed.groups, ())
+
+    def test_claims_missing_from_the_new_id_token_come_from_userinfo(self) -> None:
+        self.refresh_with_id_token(groups=None, preferred_username=None)
+        self.idp.userinfo = {"sub": "user-1", "groups": ["staff"], "preferred_username": "al"}
+        refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual((refreshed.groups, refreshed.preferred_username), (("staff",), "al"))
+        self.assertEqual(self.idp.count(b"/userinfo"), 1)
+
+    def test_claims_missing_from_the_new_id_token_are_cleared_when_userinfo_is_skipped(
+        self,
+    ) -> None:
+        self.refresh_with_id_token(groups=None, preferred_username=None)
+        session = attrs.evolve(self.session(), preferred_username="alice")
+        refreshed = self.get(self.provider(skip_claims_from_profile_url=True).refresh(session))
+        self.assertEqual((refreshed.groups, refreshed.preferred_username), ((), ""))
+        self.assertEqual(self.idp.count(b"/userinfo"), 0)
+
+    def test_userinfo_without_sub_does_not_refill_a_refreshed_identity(self) -> None:
+        self.refresh_with_id_token(groups=None)
+        self.idp.userinfo = {"groups": ["admins"]}
+        with capturedLogs() as events:
+            refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual(refreshed.groups, ("admins",))  # kept, as for a failed request
+        self.assertTrue(any(e["log_level"].name == "warn" for e in events))
+
+    def test_failed_userinfo_keeps_the_previous_values_of_missing_claims(self) -> None:
+        self.refresh_with_id_token(groups=None, email="alice@new.example")
+        self.idp.userinfo_answer = Answer(503, b"busy", b"text/plain")
+        with capturedLogs() as events:
+            refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual(refreshed.groups, ("admins",))
+        self.assertEqual(refreshed.email, "alice@new.example")
+        self.assertEqual(refreshed.access_token, "at-2")
+        self.assertTrue(any(e["log_level"].name == "warn" for e in events))
+
+    def test_new_id_token_without_email_takes_it_from_userinfo(self) -> None:
+        self.refresh_with_id_token(email=None, email_verified=None)
+        self.idp.userinfo = {"sub": "user-1", "email": "alice@new.example"}
+        refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual(refreshed.email, "alice@new.example")
+
+    def test_no_email_after_a_refresh_ends_the_session(self) -> None:
+        self.refresh_with_id_token(email=None, email_verified=None)
+        error = self.refused(self.provider().refresh(self.session()), RefreshError)
+        self.assertTrue(error.fatal)
+        self.assertIn("email", str(error))
+
+    def test_unverified_email_after_a_refresh_ends_the_session(self) -> None:
+        self.refresh_with_id_token(email_verified=False)
+        error = self.refused(self.provider().refresh(self.session()), RefreshError)
+        self.assertTrue(error.fatal)
+
+    def test_refresh_without_id_token_takes_groups_from_userinfo(self) -> None:
+        """Without a new id_token, removals still take effect through userinfo."""
+        self.refresh_without_id_token()
+        self.idp.userinfo = {"sub": "user-1", "groups": ["staff"]}
+        refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual(refreshed.groups, ("staff",))
+        self.assertEqual(
+            (refreshed.email, refreshed.id_token), ("alice@example.com", "old-id-token")
+        )
+        headers, _ = self.idp.last(b"/userinfo")
+        self.assertEqual(headers[b"authorization"], [b"Bearer at-2"])
+
+    def test_refresh_without_id_token_removes_groups_userinfo_no_longer_gives(self) -> None:
+        self.refresh_without_id_token()
+        refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual(refreshed.groups, ())
+
+    def test_refresh_without_id_token_keeps_the_identity_when_userinfo_fails(self) -> None:
+        self.refresh_without_id_token()
+        self.idp.userinfo_answer = Answer(500, b"oops", b"text/plain")
+        with capturedLogs() as events:
+            refreshed = self.get(self.provider().refresh(self.session()))
+        self.assertEqual((refreshed.groups, refreshed.access_token), (("admins",), "at-2"))
+        self.assertTrue(any(e["log_level"].name == "warn" for e in events))
+
+    def test_refresh_without_id_token_keeps_the_identity_when_userinfo_is_skipped(self) -> None:
+        self.refresh_without_id_token()
+        provider = self.provider(skip_claims_from_profile_url=True)
+        refreshed = self.get(provider.refresh(self.session()))
+        self.assertEqual(refreshed.groups, ("admins",))
+        self.assertEqual(self.idp.count(b"/userinfo"), 0)
 
     def test_new_id_token_for_another_user_ends_the_session(self) -> None:
         self.idp.claims["sub"] = "user-2"
