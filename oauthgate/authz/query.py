@@ -8,6 +8,7 @@ here because authorizers must not import :mod:`oauthgate.web`.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -138,19 +139,29 @@ def _values(args: Mapping[bytes, list[bytes]], name: bytes) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_email_domain(entry: str) -> DomainPattern | None:
+    """``entry`` of ``allowed_email_domains`` parsed, or None if malformed; cached.
+
+    The same few entries arrive on every ``/oauth2/auth`` request (they are written in the
+    reverse proxy's config), so each is parsed once; the bound keeps clients that send
+    arbitrary entries from growing the cache.
+    """
+    try:
+        return DomainPattern.parse(entry)
+    except ValueError:
+        return None
+
+
 def _email_domain_allowed(email: str, entries: list[str]) -> bool:
     if email.count("@") != 1:
         return False
     local, domain = email.split("@")
     if not local or not domain:
         return False
-    patterns: list[DomainPattern] = []
-    for entry in entries:
-        try:
-            patterns.append(DomainPattern.parse(entry))
-        except ValueError:
-            continue  # a malformed entry matches nothing; the constraint still applies
-    return match_host(patterns, domain)
+    # A malformed entry matches nothing; the constraint still applies.
+    parsed = (_parsed_email_domain(entry) for entry in entries)
+    return match_host([p for p in parsed if p is not None], domain)
 
 
 def check_query_constraints(args: Mapping[bytes, list[bytes]], session: Session) -> Decision:

@@ -88,6 +88,12 @@ UNSUPPORTED_OAUTH2_PROXY_KEYS = frozenset(
 """cfg keys oauth2-proxy knows that this version of oauthgate does not implement yet."""
 
 _ENV_PREFIXES = ("OAUTHGATE_", "OAUTH2_PROXY_")
+# What Kubernetes sets for a Service named oauthgate or oauth2-proxy (service links):
+# OAUTHGATE_SERVICE_HOST, OAUTHGATE_SERVICE_PORT_HTTP, OAUTHGATE_PORT_4180_TCP_ADDR...
+_KUBERNETES_SERVICE_LINK = re.compile(
+    r"(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT"
+    r"|PORT_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)"
+)
 
 
 def demo_defaults(random: Callable[[int], bytes] = os.urandom) -> dict[str, object]:
@@ -193,6 +199,12 @@ def _read_environ(
     warnings: list[str],
     failed: set[str],
 ) -> dict[str, object]:
+    """The options set by ``OAUTHGATE_<KEY>`` / ``OAUTH2_PROXY_<KEY>`` variables.
+
+    A variable of either prefix that names no option must not be dropped quietly: a
+    misspelt restriction (``OAUTH2_PROXY_ALLOWED_GROUP``, the flag's spelling) would
+    otherwise vanish and let everybody in. See :func:`_check_unknown_variable`.
+    """
     values: dict[str, object] = {}
     known: set[str] = set()
     for spec in specs.values():
@@ -205,11 +217,53 @@ def _read_environ(
                     problems.append(f"{name}: {e}")
                     failed.add(spec.key)
                 break
-    own_names = sorted(name for name in known if name.startswith(_ENV_PREFIXES[0]))
+    by_flag = {
+        spec.flag.replace("-", "_"): spec
+        for spec in specs.values()
+        if spec.flag.replace("-", "_") != spec.key
+    }
     for name in sorted(environ):
-        if name.startswith(_ENV_PREFIXES[0]) and name not in known:
-            warnings.append(f"{name}: no such option, ignored{_did_you_mean(name, own_names)}")
+        if name.startswith(_ENV_PREFIXES) and name not in known:
+            _check_unknown_variable(name, specs, by_flag, problems, warnings)
     return values
+
+
+def _check_unknown_variable(
+    name: str,
+    specs: Mapping[str, OptionSpec],
+    by_flag: Mapping[str, OptionSpec],
+    problems: list[str],
+    warnings: list[str],
+) -> None:
+    """Report ``name``, a prefixed variable that names no option.
+
+    An oauth2-proxy option oauthgate lacks, any ``OAUTHGATE_`` name and an
+    ``OAUTH2_PROXY_`` name spelt like a flag are errors; other ``OAUTH2_PROXY_`` names may
+    belong to other tools (a Helm chart's) and only warn. Kubernetes service links
+    (``<SERVICE>_SERVICE_HOST``, ``<SERVICE>_PORT``...) are skipped quietly.
+    """
+    prefix = next(p for p in _ENV_PREFIXES if name.startswith(p))
+    key = name[len(prefix) :].lower()
+    if key in UNSUPPORTED_OAUTH2_PROXY_KEYS:
+        problems.append(
+            f"{name}: option '{key}' (oauth2-proxy) is not supported by this version of oauthgate"
+        )
+        return
+    flag_spec = by_flag.get(key)
+    if flag_spec is not None:
+        right = prefix + flag_spec.key.upper()
+        problems.append(
+            f"{name}: unknown option; variables are named after the config key, not the flag "
+            f"--{flag_spec.flag} (did you mean '{right}'?)"
+        )
+        return
+    if _KUBERNETES_SERVICE_LINK.fullmatch(name[len(prefix) :]):
+        return
+    names = [prefix + spec_key.upper() for spec_key in specs]
+    if prefix == "OAUTHGATE_":
+        problems.append(f"{name}: unknown option{_did_you_mean(name, names)}")
+    else:
+        warnings.append(f"{name}: no such option, ignored{_did_you_mean(name, names)}")
 
 
 def _read_file(

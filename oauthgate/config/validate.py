@@ -9,8 +9,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from oauthgate.authz.query import DomainPattern
 from oauthgate.config.durations import format_duration
 from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError
@@ -51,6 +56,12 @@ _INSECURE_OPTIONS = {
 _ENDPOINT_PREFIXES = ("tcp:", "tcp6:", "unix:", "ssl:", "systemd:", "haproxy:")
 _LATER_UPSTREAM_SCHEMES = ("file", "static", "unix")
 _COOKIE_NAME_SEPARATORS = frozenset('()<>@,;:\\"/[]?={} \t')
+# What a cookie Path or Domain attribute may carry: visible ASCII without ';' (it would end
+# the attribute and start another) or ',' (old parsers split Set-Cookie headers there).
+_COOKIE_ATTRIBUTE = re.compile(r"[\x21-\x2b\x2d-\x3a\x3c-\x7e]*")
+_COOKIE_ATTRIBUTE_HINT = "only visible ASCII characters without ';' or ',' and no whitespace"
+_TEMPLATES = ("sign_in.html", "error.html")
+_LOGO_URL_PREFIXES = ("http://", "https://", "data:")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _ADDRESS_HINT = (
     "expected host:port, http://host:port, :port, [::1]:port or a Twisted endpoint "
@@ -71,6 +82,7 @@ def validate(config: Config) -> list[str]:
     _check_upstreams(config, problems)
     _check_authorization(config, problems)
     _check_server(config, problems)
+    _check_pages(config, problems)
     if problems:
         raise ConfigError(problems)
     return _warnings(config)
@@ -207,6 +219,11 @@ def _check_cookie(config: Config, problems: list[str]) -> None:
         )
     if not config.cookie_path.startswith("/"):
         problems.append(f"cookie_path: must start with /, got {config.cookie_path!r}")
+    if not _COOKIE_ATTRIBUTE.fullmatch(config.cookie_path):
+        problems.append(f"cookie_path: {_COOKIE_ATTRIBUTE_HINT}, got {config.cookie_path!r}")
+    for domain in config.cookie_domains:
+        if not _COOKIE_ATTRIBUTE.fullmatch(domain):
+            problems.append(f"cookie_domains: {_COOKIE_ATTRIBUTE_HINT}, got {domain!r}")
     if config.session_cookie_minimal:
         if config.cookie_refresh > 0:
             problems.append(
@@ -291,6 +308,14 @@ def _check_authorization(config: Config, problems: list[str]) -> None:
         problems.append(
             f"authenticated_emails_file: {path!r} does not exist or is not a readable file"
         )
+    for entry in config.whitelist_domains:
+        # The same parsing RedirectValidator.from_domains does when the gate is built.
+        if not entry.strip():
+            continue
+        try:
+            DomainPattern.parse(entry)
+        except ValueError as e:
+            problems.append(f"whitelist_domains: {entry!r} is not a valid domain: {e}")
     headers = {header.lower(): header for header in REAL_CLIENT_IP_HEADERS}
     if config.real_client_ip_header.lower() not in headers:
         problems.append(
@@ -301,9 +326,13 @@ def _check_authorization(config: Config, problems: list[str]) -> None:
 
 def _check_server(config: Config, problems: list[str]) -> None:
     try:
-        listen_description(config.http_address)
+        description = listen_description(config.http_address)
     except ValueError as e:
         problems.append(f"http_address: {e}")
+    else:
+        problem = _endpoint_problem(description)
+        if problem is not None:
+            problems.append(f"http_address: {config.http_address!r}: {problem}")
     prefix = config.proxy_prefix
     if not prefix.startswith("/") or prefix.endswith("/"):
         problems.append(
@@ -315,8 +344,76 @@ def _check_server(config: Config, problems: list[str]) -> None:
             problems.append(f"{key}: must start with /, got {value!r}")
 
 
+def _endpoint_problem(description: str) -> str | None:
+    """Why Twisted could not listen on ``description``, or None if it parses.
+
+    The description is parsed against a memory reactor, so nothing listens; an ``ssl:``
+    endpoint reads its key and certificate files here, so a missing one is found now.
+    """
+    try:
+        serverFromString(MemoryReactor(), description)
+    except OSError as e:
+        return f"cannot read {e.filename or 'a file it names'}: {e.strerror or e}"
+    except (IndexError, KeyError):
+        if description.lower().startswith("systemd:"):
+            return (
+                "no such socket was passed by systemd (is the service socket-activated, "
+                "with a matching index or FileDescriptorName?)"
+            )
+        return "not a valid Twisted endpoint description"
+    except Exception as e:  # parsers raise what they like: ValueError, TypeError, SSL errors
+        if description.lower().startswith("ssl:") and type(e).__module__.startswith("OpenSSL"):
+            return "the TLS privateKey/certKey files are not a PEM key and certificate"
+        return f"not a valid Twisted endpoint description: {e}"
+    return None
+
+
+def _check_pages(config: Config, problems: list[str]) -> None:
+    folder = config.custom_templates_dir
+    if folder:
+        if not os.path.isdir(folder):
+            problems.append(f"custom_templates_dir: {folder!r} is not a directory")
+        else:
+            for name in _TEMPLATES:
+                problem = _template_problem(Path(folder, name))
+                if problem is not None:
+                    problems.append(f"custom_templates_dir/{name}: {problem}")
+    logo = config.custom_sign_in_logo
+    is_path = logo not in ("", "-") and not logo.startswith(_LOGO_URL_PREFIXES)
+    if is_path and not (os.path.isfile(logo) and os.access(logo, os.R_OK)):
+        problems.append(
+            f"custom_sign_in_logo: {logo!r} does not exist or is not a readable file "
+            "(give an image file, an http(s):// URL, or - to hide the logo)"
+        )
+
+
+def _template_problem(path: Path) -> str | None:
+    """Why the page template at ``path`` cannot be used, or None (a missing one is fine)."""
+    if not path.is_file():
+        return None  # Pages uses the built-in template then
+    try:
+        text = path.read_text("utf-8")
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror or e}"
+    except UnicodeDecodeError:
+        return f"{path} is not UTF-8 text"
+    if "{{" in text:
+        # oauth2-proxy's templates are Go templates; here they would render literally.
+        return (
+            "uses Go template syntax ({{...}}); oauthgate templates use $name placeholders, "
+            "see docs/configuration.md"
+        )
+    return None
+
+
 def _warnings(config: Config) -> list[str]:
     warnings: list[str] = []
+    if config.reverse_proxy and not config.redirect_url:
+        warnings.append(
+            "reverse_proxy is on and redirect_url is empty: the callback URL is built from "
+            "X-Forwarded-Host, which any client that reaches oauthgate directly can set; "
+            "set redirect_url, e.g. https://app.example.com/oauth2/callback"
+        )
     if config.cookie_secure and urlsplit(config.redirect_url).scheme.lower() == "http":
         warnings.append(
             "cookie_secure is on but redirect_url is http://: the browser will not send the "

@@ -9,6 +9,7 @@ stale parts behind.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -155,9 +156,18 @@ def _part_name(name: str, index: int) -> str:
     return f"{name}_{index}"
 
 
+@functools.lru_cache(maxsize=64)
+def _family_pattern(name: str) -> re.Pattern[str]:
+    """The names of ``name``'s family (NAME, NAME_<digits>), compiled once per name.
+
+    Only the few configured cookie names (session, CSRF) come here, so the cache stays tiny.
+    """
+    return re.compile(re.escape(name) + r"(?:_\d+)?")
+
+
 def _family(request: Request, name: str) -> set[str]:
     """Names of the cookies of ``name``'s family (NAME, NAME_<digits>) the request carried."""
-    pattern = re.compile(re.escape(name) + r"(?:_\d+)?")
+    pattern = _family_pattern(name)
     found = set()
     for key in request.received_cookies:
         text = key.decode("latin-1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oauthgate.authz.query import DomainPattern, check_query_constraints
+from oauthgate.authz.query import DomainPattern, _parsed_email_domain, check_query_constraints
 from oauthgate.interfaces import Decision
 from oauthgate.session import Session
 
@@ -79,6 +79,15 @@ class CheckQueryConstraintsTests(SynchronousTestCase):
     def test_malformed_email_domains_match_nothing_but_still_restrict(self) -> None:
         query = args(allowed_email_domains=["exa mple.com,:bad"])
         self.assertFalse(check_query_constraints(query, ALICE).allowed)
+
+    def test_email_domain_entries_are_parsed_once_across_requests(self) -> None:
+        _parsed_email_domain.cache_clear()
+        query = args(allowed_email_domains=[".example.com, exa mple.com"])
+        for _ in range(4):
+            self.assertTrue(check_query_constraints(query, ALICE).allowed)
+        info = _parsed_email_domain.cache_info()
+        self.assertEqual((info.misses, info.hits), (2, 6))  # the malformed entry is cached too
+        self.assertEqual(info.maxsize, 256)
 
     def test_every_present_constraint_must_hold(self) -> None:
         query = args(allowed_groups=["dev"], allowed_emails=["bob@example.com"])

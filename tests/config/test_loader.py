@@ -135,18 +135,73 @@ class EnvironmentTests(LoaderTestCase):
             ),
         )
 
-    def test_unknown_oauthgate_variables_are_warned_about(self) -> None:
-        _, warnings = self.load(environ={"OAUTHGATE_COOKIE_NAM": "x"})
+    def test_unknown_oauthgate_variables_are_errors(self) -> None:
+        self.assertEqual(
+            self.problems(environ={"OAUTHGATE_COOKIE_NAM": "x", "OAUTHGATE_BOGUS": "y"}),
+            (
+                "OAUTHGATE_BOGUS: unknown option",
+                "OAUTHGATE_COOKIE_NAM: unknown option (did you mean 'OAUTHGATE_COOKIE_NAME'?)",
+            ),
+        )
+
+    def test_a_restriction_spelt_like_its_flag_does_not_vanish(self) -> None:
+        """OAUTH2_PROXY_ALLOWED_GROUP (the flag --allowed-group) must not start unrestricted."""
+        for prefix in ("OAUTH2_PROXY_", "OAUTHGATE_"):
+            self.assertEqual(
+                self.problems(environ={f"{prefix}ALLOWED_GROUP": "admins"}),
+                (
+                    f"{prefix}ALLOWED_GROUP: unknown option; variables are named after the "
+                    "config key, not the flag --allowed-group (did you mean "
+                    f"'{prefix}ALLOWED_GROUPS'?)",
+                ),
+            )
+
+    def test_oauth2_proxy_options_not_supported_yet_are_errors_in_either_prefix(self) -> None:
+        self.assertEqual(
+            self.problems(
+                environ={
+                    "OAUTH2_PROXY_TRUSTED_PROXY_IPS": "10.0.0.0/8",
+                    "OAUTHGATE_SKIP_AUTH_ROUTES": "^/health",
+                }
+            ),
+            (
+                "OAUTH2_PROXY_TRUSTED_PROXY_IPS: option 'trusted_proxy_ips' (oauth2-proxy) is "
+                "not supported by this version of oauthgate",
+                "OAUTHGATE_SKIP_AUTH_ROUTES: option 'skip_auth_routes' (oauth2-proxy) is not "
+                "supported by this version of oauthgate",
+            ),
+        )
+
+    def test_other_unknown_oauth2_proxy_variables_only_warn(self) -> None:
+        """Other tools (a Helm chart, say) may use the OAUTH2_PROXY_ prefix too."""
+        env = {
+            "OAUTH2_PROXY_CHART_VERSION": "7.1.0",
+            "OAUTH2_PROXY_COOKIE_NAM": "x",
+            "HOME": "/root",
+        }
+        config, warnings = self.load(environ=env)
+        self.assertEqual(config.cookie_name, "_oauth2_proxy")
         self.assertEqual(
             warnings,
             [
-                "OAUTHGATE_COOKIE_NAM: no such option, ignored "
-                "(did you mean 'OAUTHGATE_COOKIE_NAME'?)"
+                "OAUTH2_PROXY_CHART_VERSION: no such option, ignored",
+                "OAUTH2_PROXY_COOKIE_NAM: no such option, ignored "
+                "(did you mean 'OAUTH2_PROXY_COOKIE_NAME'?)",
             ],
         )
 
-    def test_unknown_oauth2_proxy_variables_are_ignored_quietly(self) -> None:
-        env = {"OAUTH2_PROXY_REDIS_CONNECTION_URL": "redis://x", "HOME": "/root"}
+    def test_kubernetes_service_links_are_ignored_quietly(self) -> None:
+        """A Service named oauthgate or oauth2-proxy must not stop the pod from starting."""
+        env = {
+            "OAUTHGATE_SERVICE_HOST": "10.0.0.7",
+            "OAUTHGATE_SERVICE_PORT": "4180",
+            "OAUTHGATE_SERVICE_PORT_HTTP": "4180",
+            "OAUTHGATE_PORT": "tcp://10.0.0.7:4180",
+            "OAUTHGATE_PORT_4180_TCP": "tcp://10.0.0.7:4180",
+            "OAUTHGATE_PORT_4180_TCP_ADDR": "10.0.0.7",
+            "OAUTH2_PROXY_REDIS_MASTER_SERVICE_HOST": "10.0.0.8",
+            "OAUTH2_PROXY_PORT_4180_TCP_PROTO": "tcp",
+        }
         self.assertEqual(self.load(environ=env)[1], [])
 
 

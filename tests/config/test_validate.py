@@ -14,6 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from oauthgate.config.options import Config
 from oauthgate.config.validate import MAKE_SECRET_COMMAND, listen_description, validate
 from oauthgate.errors import ConfigError
+from oauthgate.sessions.cookies import CookieSettings
+from oauthgate.web.pages import Pages
+from oauthgate.web.redirects import RedirectValidator
 
 VALID = Config(
     provider="oidc",
@@ -23,6 +26,47 @@ VALID = Config(
     cookie_secret=base64.urlsafe_b64encode(b"k" * 32).decode(),
     email_domains=("example.com",),
 )
+
+
+def make_directory(case: SynchronousTestCase, files: dict[str, str | bytes]) -> str:
+    """A fresh directory holding ``files``, removed after the test."""
+    directory = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, directory)
+    for name, content in files.items():
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+    return directory
+
+
+def self_signed_pem() -> bytes:
+    """A private key and a self-signed certificate for localhost, PEM, in one blob."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    start = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem + certificate.public_bytes(serialization.Encoding.PEM)
 
 
 class ValidateTestCase(SynchronousTestCase):
@@ -46,6 +90,18 @@ class ValidConfigTests(ValidateTestCase):
         problems = self.problems(client_id="", cookie_secret="", cookie_path="x")
         self.assertEqual(
             [p.partition(":")[0] for p in problems], ["client_id", "cookie_secret", "cookie_path"]
+        )
+
+    def test_start_up_problems_that_used_to_surface_later_come_in_the_same_error(self) -> None:
+        problems = self.problems(
+            http_address="tcp:notaport",
+            cookie_path="/app; HttpOnly",
+            whitelist_domains=("example.com:http",),
+            custom_templates_dir="/nonexistent/templates",
+        )
+        self.assertEqual(
+            [p.partition(":")[0] for p in problems],
+            ["cookie_path", "whitelist_domains", "http_address", "custom_templates_dir"],
         )
 
 
@@ -189,6 +245,36 @@ class CookieRuleTests(ValidateTestCase):
     def test_cookie_path_starts_with_a_slash(self) -> None:
         self.assertProblem("cookie_path: must start with /, got 'app'", cookie_path="app")
 
+    def test_cookie_path_carries_only_cookie_attribute_characters(self) -> None:
+        for bad in ("/app;Domain=evil.com", "/a,b", "/a b", "/a\tb", "/a\x00", "/caf\u00e9"):
+            self.assertProblem(
+                "cookie_path: only visible ASCII characters without ';' or ',' and no "
+                f"whitespace, got {bad!r}",
+                cookie_path=bad,
+            )
+
+    def test_cookie_domains_carry_only_cookie_attribute_characters(self) -> None:
+        self.assertEqual(
+            self.problems(cookie_domains=(".example.com", ".a.com; HttpOnly", "b.com,c.com")),
+            (
+                "cookie_domains: only visible ASCII characters without ';' or ',' and no "
+                "whitespace, got '.a.com; HttpOnly'",
+                "cookie_domains: only visible ASCII characters without ';' or ',' and no "
+                "whitespace, got 'b.com,c.com'",
+            ),
+        )
+
+    def test_cookie_attributes_that_pass_validation_build_cookie_settings(self) -> None:
+        """What validation lets through never fails later when the cookies are set up."""
+        for bad_path in ("/a;b", "/a\x7f", "/caf\u00e9"):
+            self.assertRaises(ValueError, CookieSettings, "_oauth2_proxy", path=bad_path)
+            self.problems(cookie_path=bad_path)
+        config = attrs.evolve(
+            VALID, cookie_path="/app/~x_y-z.1", cookie_domains=(".example.com", "a-b.example.org")
+        )
+        validate(config)
+        CookieSettings.from_config(config)
+
     def test_minimal_sessions_cannot_refresh_or_pass_tokens(self) -> None:
         self.assertValid(session_cookie_minimal=True)
         self.assertProblem(
@@ -264,6 +350,14 @@ class AuthorizationRuleTests(ValidateTestCase):
             authenticated_emails_file=missing,
         )
 
+    def test_whitelist_domains_are_checked_like_the_redirect_validator_does(self) -> None:
+        bad = ("example.com:http", "[::1", "exa mple.com", "https://example.com")
+        entries = (".example.com", "example.org:*", "[::1]:8443", "", *bad)
+        redirect_error = self.assertRaises(ConfigError, RedirectValidator.from_domains, entries)
+        self.assertEqual(self.problems(whitelist_domains=entries), redirect_error.problems)
+        self.assertEqual(len(redirect_error.problems), len(bad))
+        self.assertValid(whitelist_domains=entries[:4])
+
     def test_real_client_ip_header(self) -> None:
         for header in (
             "X-Forwarded-For",
@@ -296,6 +390,117 @@ class ServerRuleTests(ValidateTestCase):
         self.assertValid(http_address="0.0.0.0:4180")
         (problem,) = self.problems(http_address="localhost")
         self.assertTrue(problem.startswith("http_address: 'localhost': expected host:port"))
+
+    def test_endpoint_descriptions_are_parsed_without_listening(self) -> None:
+        for good in (
+            "tcp:4180:interface=0.0.0.0",
+            "tcp6:4180",
+            "unix:/run/oauthgate.sock:mode=660",
+            "haproxy:tcp:4180",
+            "[::1]:4180",
+            "unix:///run/oauthgate.sock",
+        ):
+            self.assertValid(http_address=good)
+
+    def test_endpoint_descriptions_twisted_cannot_parse_are_problems(self) -> None:
+        self.assertProblem(
+            "http_address: 'tcp:notaport': not a valid Twisted endpoint description: "
+            "invalid literal for int() with base 10: 'notaport'",
+            http_address="tcp:notaport",
+        )
+        for bad in ("tcp:4180:backlog=many", "tcp:4180:bogus=1", "unix:/x.sock:mode=rw"):
+            (problem,) = self.problems(http_address=bad)
+            self.assertTrue(
+                problem.startswith(
+                    f"http_address: {bad!r}: not a valid Twisted endpoint description: "
+                ),
+                problem,
+            )
+
+    def test_an_ssl_endpoint_whose_key_file_is_missing_is_a_readable_problem(self) -> None:
+        self.assertProblem(
+            "http_address: 'ssl:4190:privateKey=/nonexistent': cannot read /nonexistent: "
+            "No such file or directory",
+            http_address="ssl:4190:privateKey=/nonexistent",
+        )
+
+    def test_an_ssl_endpoint_needs_a_pem_key_and_certificate(self) -> None:
+        directory = make_directory(self, {"junk.pem": "not a key", "good.pem": self_signed_pem()})
+        junk = f"ssl:4190:privateKey={os.path.join(directory, 'junk.pem')}"
+        self.assertProblem(
+            f"http_address: {junk!r}: the TLS privateKey/certKey files are not a PEM key and "
+            "certificate",
+            http_address=junk,
+        )
+        self.assertValid(http_address=f"ssl:4190:privateKey={os.path.join(directory, 'good.pem')}")
+
+    def test_a_systemd_endpoint_without_an_inherited_socket_is_a_problem(self) -> None:
+        self.assertProblem(
+            "http_address: 'systemd:domain=INET:index=0': no such socket was passed by systemd "
+            "(is the service socket-activated, with a matching index or FileDescriptorName?)",
+            http_address="systemd:domain=INET:index=0",
+        )
+
+
+class PageRuleTests(ValidateTestCase):
+    def test_templates_dir_must_be_a_directory(self) -> None:
+        self.assertProblem(
+            "custom_templates_dir: '/nonexistent/templates' is not a directory",
+            custom_templates_dir="/nonexistent/templates",
+        )
+
+    def test_oauth2_proxy_go_templates_are_refused_with_a_pointer_to_the_docs(self) -> None:
+        directory = make_directory(
+            self,
+            {
+                "sign_in.html": "<h1>{{.ProviderName}}</h1>",
+                "error.html": "<p>{{ .Message }}</p>",
+            },
+        )
+        self.assertEqual(
+            self.problems(custom_templates_dir=directory),
+            (
+                "custom_templates_dir/sign_in.html: uses Go template syntax ({{...}}); "
+                "oauthgate templates use $name placeholders, see docs/configuration.md",
+                "custom_templates_dir/error.html: uses Go template syntax ({{...}}); "
+                "oauthgate templates use $name placeholders, see docs/configuration.md",
+            ),
+        )
+
+    def test_templates_with_placeholders_or_missing_ones_are_fine(self) -> None:
+        directory = make_directory(
+            self, {"sign_in.html": "<a href='$start_url'>$provider_name</a>"}
+        )
+        config = attrs.evolve(VALID, custom_templates_dir=directory)
+        self.assertEqual(validate(config), [])
+        pages = Pages.from_config(config, "OpenID Connect")
+        self.assertIn(b"OpenID Connect", pages.render_sign_in("/"))
+
+    def test_a_template_that_is_not_utf8_is_a_problem(self) -> None:
+        directory = make_directory(self, {"error.html": b"\xff\xfe<p>"})
+        path = os.path.join(directory, "error.html")
+        self.assertProblem(
+            f"custom_templates_dir/error.html: {path} is not UTF-8 text",
+            custom_templates_dir=directory,
+        )
+
+    def test_a_local_logo_must_be_a_readable_file(self) -> None:
+        self.assertProblem(
+            "custom_sign_in_logo: '/nonexistent/logo.png' does not exist or is not a readable "
+            "file (give an image file, an http(s):// URL, or - to hide the logo)",
+            custom_sign_in_logo="/nonexistent/logo.png",
+        )
+
+    def test_logo_urls_a_dash_and_existing_files_are_fine(self) -> None:
+        directory = make_directory(self, {"logo.png": b"\x89PNG"})
+        for logo in (
+            "https://cdn.example.com/logo.svg",
+            "http://cdn.example.com/logo.svg",
+            "data:image/png;base64,iVBORw0KGgo=",
+            "-",
+            os.path.join(directory, "logo.png"),
+        ):
+            self.assertValid(custom_sign_in_logo=logo)
 
 
 class ListenDescriptionTests(SynchronousTestCase):
@@ -357,6 +562,23 @@ class WarningTests(ValidateTestCase):
         )
         self.assertEqual(
             self.assertValid(redirect_url="http://app/oauth2/callback", cookie_secure=False), []
+        )
+
+    def test_reverse_proxy_without_redirect_url_is_warned_about(self) -> None:
+        """The callback URL would come from X-Forwarded-Host, which clients can forge."""
+        self.assertEqual(
+            self.assertValid(reverse_proxy=True),
+            [
+                "reverse_proxy is on and redirect_url is empty: the callback URL is built from "
+                "X-Forwarded-Host, which any client that reaches oauthgate directly can set; "
+                "set redirect_url, e.g. https://app.example.com/oauth2/callback"
+            ],
+        )
+        self.assertEqual(
+            self.assertValid(
+                reverse_proxy=True, redirect_url="https://app.example.com/oauth2/callback"
+            ),
+            [],
         )
 
     def test_insecure_options_are_warned_about(self) -> None:

@@ -12,6 +12,7 @@ from oauthgate.config.options import Config
 from oauthgate.sessions.cookies import (
     MAX_SET_COOKIE,
     CookieSettings,
+    _family_pattern,
     choose_domain,
     clear,
     read_value,
@@ -282,3 +283,16 @@ class ClearTests(SynchronousTestCase):
             set_cookies(request),
             [f"{NAME}_csrf=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax"],
         )
+
+
+class FamilyPatternTests(SynchronousTestCase):
+    def test_the_family_pattern_is_compiled_once_per_cookie_name(self) -> None:
+        """Writing and clearing cookies does not compile a regex on every request."""
+        _family_pattern.cache_clear()
+        for _ in range(3):
+            request = make_request(cookies={f"{NAME}_0": "old", f"{NAME}_csrf": "keep"})
+            write_value(request, SETTINGS, "new")
+            clear(request, SETTINGS)
+            self.assertNotIn(f"{NAME}_csrf", {parse(c)[0] for c in set_cookies(request)})
+        self.assertEqual(_family_pattern.cache_info().misses, 1)
+        self.assertEqual(_family_pattern.cache_info().hits, 5)
