@@ -142,8 +142,9 @@ class OAuthGateService(MultiService):
             # One readable line and exit status 1, instead of a traceback.
             reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
             address = f"{e.interface or '*'}:{e.port}"
-            log.critical("oauthgate: cannot listen on {address}: {reason}",
-                         address=address, reason=reason)
+            log.critical(
+                "oauthgate: cannot listen on {address}: {reason}", address=address, reason=reason
+            )
             print(f"oauthgate: cannot listen on {address}: {reason}", file=sys.__stderr__)
             raise SystemExit(1) from None
 
