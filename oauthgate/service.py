@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.client import Agent
+from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
 from oauthgate.authz.emails import EmailAuthorizer
@@ -226,9 +227,20 @@ def _excluded_paths(config: Config) -> list[str]:
     return paths
 
 
-def _add_demo(service: MultiService, config: Config, reactor: Any) -> None:
-    from twisted.web.server import Site
+class _DemoSite(Site):
+    """The demo provider and echo app: no access log of their own (the provider logs what
+    it issues; the query strings it would log carry login state)."""
 
+    noisy = False
+
+    def __init__(self, resource: Any) -> None:
+        Site.__init__(self, resource)
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+def _add_demo(service: MultiService, config: Config, reactor: Any) -> None:
     from oauthgate.testing.echo import EchoResource
     from oauthgate.testing.fakeidp import FakeIdP
 
@@ -237,10 +249,8 @@ def _add_demo(service: MultiService, config: Config, reactor: Any) -> None:
         reactor,
         clients={config.client_id: config.client_secret},
     )
-    idp_site = Site(idp.resource())
-    idp_site.noisy = False
-    echo_site = Site(EchoResource())
-    echo_site.noisy = False
+    idp_site = _DemoSite(idp.resource())
+    echo_site = _DemoSite(EchoResource())
     strports.service(
         f"tcp:{DEMO_IDP_PORT}:interface=127.0.0.1", idp_site, reactor=reactor
     ).setServiceParent(service)

@@ -462,9 +462,10 @@ class Gate:
             session = await self.provider.redeem(code, verifier, redirect_uri, nonce)
             session = await self.provider.enrich(session)
         except TokenError as e:
+            # TokenError messages say why, never the token itself: safe to show.
             self._auth_log(request, None, "AuthFailure", f"invalid token: {e}")
             raise AuthError(
-                403, "invalid_token", "The identity provider's token was not valid."
+                403, "invalid_token", f"The identity provider's answer was not accepted: {e}."
             ) from None
         except ProviderError as e:
             self._auth_log(request, None, "AuthError", f"provider error: {e}")
