@@ -235,31 +235,30 @@ class EndToEndTests(TestCase):
 class StartupErrorTests(TestCase):
     timeout = 60
 
-    def test_bad_configuration_exits_1_with_one_line_per_problem(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        for key in list(env):
-            if key.startswith(("OAUTHGATE_", "OAUTH2_PROXY_")):
-                del env[key]
+    def twistd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``twistd -n oauthgate ARGS`` run to its end, without OAUTHGATE_/OAUTH2_PROXY_
+        variables from the caller's environment."""
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("OAUTHGATE_", "OAUTH2_PROXY_"))
+        }
+        env["PYTHONPATH"] = str(ROOT)
         workdir = Path(self.mktemp())
         workdir.mkdir(parents=True)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "oauthgate",
-                "--provider=oidc",
-                "--cookie-secret=tooshort",
-                "--email-domain=example.com",
-                "--upstream=not a url",
-            ],
+        return subprocess.run(
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "oauthgate", *args],
             cwd=workdir,
             env=env,
             capture_output=True,
             text=True,
             timeout=60,
+        )
+
+    def test_bad_configuration_exits_1_with_one_line_per_problem(self) -> None:
+        result = self.twistd(
+            "--provider=oidc",
+            "--cookie-secret=tooshort",
+            "--email-domain=example.com",
+            "--upstream=not a url",
         )
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertNotIn("Traceback", result.stderr)
@@ -272,34 +271,18 @@ class StartupErrorTests(TestCase):
         self.assertNotIn("tooshort", joined)
 
     def test_a_port_in_use_exits_1_with_one_line(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        workdir = Path(self.mktemp())
-        workdir.mkdir(parents=True)
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    TWISTD,
-                    "-n",
-                    "--pidfile=",
-                    "oauthgate",
-                    "--provider=oidc",
-                    "--oidc-issuer-url=http://127.0.0.1:9",
-                    "--client-id=a",
-                    "--client-secret=b",
-                    "--cookie-secret=0123456789abcdef",
-                    "--email-domain=example.com",
-                    f"--http-address=127.0.0.1:{port}",
-                ],
-                cwd=workdir,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
+            result = self.twistd(
+                "--provider=oidc",
+                "--oidc-issuer-url=http://127.0.0.1:9",
+                "--client-id=a",
+                "--client-secret=b",
+                "--cookie-secret=0123456789abcdef",
+                "--email-domain=example.com",
+                f"--http-address=127.0.0.1:{port}",
             )
         self.assertEqual(result.returncode, 1, result.stderr)
         self.assertEqual(

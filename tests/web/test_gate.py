@@ -536,26 +536,23 @@ class CallbackFailureTests(GateTestCase):
         self.assertIn("CSRF", answer.text)
         self.assertEqual(world.idp.token_requests, [])
 
-    def test_an_id_token_for_another_audience_is_refused(self) -> None:
+    def assert_refused_when(self, switch: str) -> None:
+        """The login ends in a 403 without a session when the FakeIdP's ``switch`` is on."""
         world = make_world()
-        world.idp.wrong_audience = True
+        setattr(world.idp, switch, True)
         landed = self.get_success(world.login())
         self.assertEqual(landed.status, 403)
+        self.assertIn("not accepted", landed.text)
         self.assert_no_session(world, landed)
+
+    def test_an_id_token_for_another_audience_is_refused(self) -> None:
+        self.assert_refused_when("wrong_audience")
 
     def test_an_id_token_with_a_bad_signature_is_refused(self) -> None:
-        world = make_world()
-        world.idp.bad_signature = True
-        landed = self.get_success(world.login())
-        self.assertEqual(landed.status, 403)
-        self.assert_no_session(world, landed)
+        self.assert_refused_when("bad_signature")
 
     def test_an_expired_id_token_is_refused(self) -> None:
-        world = make_world()
-        world.idp.expired_tokens = True
-        landed = self.get_success(world.login())
-        self.assertEqual(landed.status, 403)
-        self.assert_no_session(world, landed)
+        self.assert_refused_when("expired_tokens")
 
     def test_a_failing_token_endpoint_gives_a_502_page(self) -> None:
         world = make_world()
