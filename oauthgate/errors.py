@@ -10,6 +10,7 @@ __all__ = [
     "PluginError",
     "ProviderError",
     "RefreshError",
+    "StoreUnavailable",
     "TokenError",
     "UpstreamError",
 ]
@@ -72,3 +73,8 @@ class UpstreamError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class StoreUnavailable(Exception):
+    """The session store cannot be reached now (Redis down, failing over). Requests get a
+    503 page; nobody is logged out; ``/ready`` answers 503 until it is back."""

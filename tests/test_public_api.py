@@ -40,6 +40,7 @@ class PublicAPITests(SynchronousTestCase):
                 "PluginError",
                 "ProviderError",
                 "RefreshError",
+                "StoreUnavailable",
                 "TokenError",
                 "UpstreamError",
             ],

@@ -85,7 +85,9 @@ UNSUPPORTED_OAUTH2_PROXY_KEYS = frozenset(
         "display_htpasswd_form", "show_debug_on_error", "ping_user_agent", "gcp_healthchecks",
     }
 )  # fmt: skip
-"""cfg keys oauth2-proxy knows that this version of oauthgate does not implement yet."""
+UNSUPPORTED_OAUTH2_PROXY_KEYS -= {spec.key for spec in option_specs()}
+"""cfg keys oauth2-proxy knows that this version of oauthgate does not implement yet
+(an option added to the table leaves this set by itself)."""
 
 _ENV_PREFIXES = ("OAUTHGATE_", "OAUTH2_PROXY_")
 # What Kubernetes sets for a Service named oauthgate or oauth2-proxy (service links):

@@ -191,8 +191,33 @@ class Config:
     cookie_csrf_expire: float = _opt(
         15 * 60.0, "lifetime of the login (CSRF) cookie", kind="duration"
     )
-    session_store_type: str = _opt("cookie", "where sessions live: cookie")
+    session_store_type: str = _opt("cookie", "where sessions live: cookie or redis")
     session_cookie_minimal: bool = _opt(False, "keep tokens out of the session")
+
+    # --- redis session store ----------------------------------------------------------
+    redis_connection_url: str = _opt(
+        "", "redis://[user:password@]host[:port][/db] (rediss:// for TLS)", secret=True
+    )
+    redis_username: str = _opt("", "Redis user (overrides the one in the URLs)")
+    redis_password: str = _opt("", "Redis password (overrides the one in the URLs)", secret=True)
+    redis_use_sentinel: bool = _opt(False, "find the Redis master through Sentinel")
+    redis_sentinel_master_name: str = _opt("", "the Sentinel master name")
+    redis_sentinel_connection_urls: tuple[str, ...] = _opt((), "Sentinel URLs")
+    redis_sentinel_password: str = _opt("", "password of the Sentinels themselves", secret=True)
+    redis_use_cluster: bool = _opt(False, "use Redis Cluster")
+    redis_cluster_connection_urls: tuple[str, ...] = _opt((), "Redis Cluster seed URLs")
+    redis_ca_path: str = _opt("", "a CA certificate (PEM) trusted for rediss:// connections")
+    redis_insecure_skip_tls_verify: bool = _opt(False, "skip TLS verification of Redis")
+    redis_connection_idle_timeout: int = _opt(
+        0,
+        "close Redis connections idle this many seconds (0: never); keep it below the "
+        "server's timeout",
+    )
+    redis_expiration: float = _opt(
+        0.0,
+        "how long Redis keeps a session (0: --cookie-expire); may extend it",
+        kind="duration",
+    )
 
     # --- authorization ----------------------------------------------------------------
     email_domains: tuple[str, ...] = _opt(
@@ -249,6 +274,18 @@ class Config:
         30.0, "how long to wait for the upstream's response headers", kind="duration"
     )
     ssl_upstream_insecure_skip_verify: bool = _opt(False, "skip TLS verification of the upstream")
+    upstream_ca_files: tuple[str, ...] = _opt(
+        (),
+        "CA certificates (PEM) trusted for https upstreams instead of the system store",
+        flag="upstream-ca-file",
+    )
+    proxy_websockets: bool = _opt(True, "tunnel authenticated WebSocket upgrades to the upstream")
+    flush_interval: float = _opt(
+        1.0,
+        "how often streamed responses are flushed to the client (0: at once)",
+        kind="duration",
+    )
+    disable_keep_alives: bool = _opt(False, "open a new upstream connection for every request")
 
     # --- pages ------------------------------------------------------------------------
     custom_templates_dir: str = _opt("", "a folder with sign_in.html and error.html overrides")

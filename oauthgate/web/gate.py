@@ -26,7 +26,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from oauthgate.authz.query import check_query_constraints
 from oauthgate.config.options import Config
-from oauthgate.errors import AuthError, ProviderError, TokenError, UpstreamError
+from oauthgate.errors import (
+    AuthError,
+    ProviderError,
+    StoreUnavailable,
+    TokenError,
+    UpstreamError,
+)
 from oauthgate.interfaces import (
     IAuthorizer,
     IProvider,
@@ -692,6 +698,17 @@ class GateResource(Resource):
                 path=request.path.decode("utf-8", "replace"),
             )
             self._gate.render_error(request, error)
+            return
+        if isinstance(error, StoreUnavailable):
+            self.log.error("Session store unavailable: {message}", message=str(error))
+            self._gate.render_error(
+                request,
+                AuthError(
+                    503,
+                    "store_unavailable",
+                    "Sessions cannot be checked right now. Please try again shortly.",
+                ),
+            )
             return
         if isinstance(error, ProviderError):
             self.log.error("Identity provider error: {message}", message=str(error))

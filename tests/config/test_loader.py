@@ -292,13 +292,12 @@ class FileTests(LoaderTestCase):
 
     def test_oauth2_proxy_keys_not_supported_yet_say_so(self) -> None:
         path = self.write(
-            'client_id = "app"\nredis_connection_url = "redis://localhost"\n'
-            'skip_auth_routes = ["^/health"]\n'
+            'client_id = "app"\nhtpasswd_file = "/etc/htpasswd"\nskip_auth_routes = ["^/health"]\n'
         )
         self.assertEqual(
             self.problems(config_file=path),
             (
-                f"{path}:2: option 'redis_connection_url' (oauth2-proxy) is not supported by "
+                f"{path}:2: option 'htpasswd_file' (oauth2-proxy) is not supported by "
                 "this version of oauthgate",
                 f"{path}:3: option 'skip_auth_routes' (oauth2-proxy) is not supported by "
                 "this version of oauthgate",
