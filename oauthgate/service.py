@@ -30,8 +30,9 @@ from oauthgate.pool import persistent_pool
 from oauthgate.sessions.cookie_store import CookieSessionStore
 from oauthgate.sessions.cookies import CookieSettings
 from oauthgate.sessions.crypto import Sealer, decode_secret
+from oauthgate.sessions.redis_store import RedisSessionStore
 from oauthgate.tls import client_tls_policy
-from oauthgate.upstreams.http import HTTPUpstream
+from oauthgate.upstreams.build import routing_table
 from oauthgate.web.gate import Gate, GateResource
 from oauthgate.web.identity import IdentityHeaders
 from oauthgate.web.pages import Pages
@@ -86,13 +87,18 @@ def build_components(
     verifyObject(IProvider, provider)
 
     sealer = Sealer(decode_secret(config.cookie_secret), random=random)
-    store = CookieSessionStore(
-        sealer,
-        reactor,
-        purpose=config.cookie_name,
-        lifetime=config.cookie_expire,
-        minimal=config.session_cookie_minimal,
-    )
+    store: ISessionStore
+    if config.session_store_type == "redis":
+        # Connects when the service starts (OAuthGateService calls store.start()).
+        store = RedisSessionStore.from_config(config, sealer, reactor, random=random)
+    else:
+        store = CookieSessionStore(
+            sealer,
+            reactor,
+            purpose=config.cookie_name,
+            lifetime=config.cookie_expire,
+            minimal=config.session_cookie_minimal,
+        )
     verifyObject(ISessionStore, store)
 
     authorizers: list[IAuthorizer] = [EmailAuthorizer.from_config(config, reactor)]
@@ -101,15 +107,11 @@ def build_components(
     for authorizer in authorizers:
         verifyObject(IAuthorizer, authorizer)
 
-    if upstream_factory is None:
-
-        def upstream_factory(url: str) -> IUpstream:
-            return HTTPUpstream.from_config(url, config, reactor)
-
-    upstreams = [upstream_factory(url) for url in config.upstreams]
+    # The routing table is the upstreams, in the order they are tried (rewrites first,
+    # then longest path); upstream_factory (tests) builds the http(s) ones.
+    upstreams = routing_table(config, reactor, factory=upstream_factory)
     for upstream in upstreams:
         verifyObject(IUpstream, upstream)
-    upstreams.sort(key=lambda u: len(u.path), reverse=True)
 
     gate = Gate(
         config=config,
@@ -118,7 +120,7 @@ def build_components(
         sealer=sealer,
         cookie=CookieSettings.from_config(config),
         authorizers=tuple(authorizers),
-        upstreams=tuple(upstreams),
+        upstreams=upstreams,
         redirects=RedirectValidator.from_domains(config.whitelist_domains),
         identity=IdentityHeaders.from_config(config),
         pages=Pages.from_config(config, str(provider.display_name)),
@@ -151,6 +153,9 @@ class OAuthGateService(MultiService):
 
     def startService(self) -> None:
         MultiService.startService(self)
+        start_store = getattr(self.components.store, "start", None)
+        if start_store is not None:
+            start_store()  # the Redis store connects (and reconnects by itself)
         for authorizer in self.components.authorizers:
             start = getattr(authorizer, "start", None)
             if start is not None:
@@ -176,6 +181,9 @@ class OAuthGateService(MultiService):
             close = getattr(upstream, "close", None)
             if close is not None:
                 d.addBoth(lambda result, close=close: _after(close(), result))
+        stop_store = getattr(self.components.store, "stop", None)
+        if stop_store is not None:
+            d.addBoth(lambda result: _after(stop_store(), result))
         return d
 
 

@@ -11,6 +11,7 @@ import sys
 
 from twisted.application.service import IService
 
+from oauthgate.config.alpha import to_alpha_yaml
 from oauthgate.config.flags import Options
 from oauthgate.config.loader import load_config
 from oauthgate.errors import ConfigError, PluginError
@@ -25,13 +26,25 @@ def _fail(lines: list[str]) -> SystemExit:
     return SystemExit(1)
 
 
+def _convert(options: Options) -> SystemExit:
+    """Print the alpha YAML for the legacy configuration (``--convert-config-to-alpha``)."""
+    config, _ = load_config(options.given, os.environ, options["config"], check=False)
+    sys.stdout.write(to_alpha_yaml(config))
+    sys.stdout.flush()
+    return SystemExit(0)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor  # the one import of the global reactor
 
     from oauthgate.service import build_service
 
     try:
-        config, warnings = load_config(options.given, os.environ, options["config"])
+        if options["convert-config-to-alpha"]:
+            raise _convert(options)
+        config, warnings = load_config(
+            options.given, os.environ, options["config"], alpha_file=options["alpha-config"]
+        )
         for warning in warnings:
             print(f"oauthgate: warning: {warning}", file=sys.stderr)
         return build_service(config, reactor=reactor, plugins=Plugins.from_entry_points())

@@ -127,6 +127,8 @@ class Options(usage.Options):
         self._bool_values: dict[str, list[bool]] = {}
         self.config_file: str | None = None
         self["config"] = None
+        self["alpha-config"] = None
+        self["convert-config-to-alpha"] = False
 
     @property
     def given(self) -> dict[str, object]:
@@ -137,6 +139,23 @@ class Options(usage.Options):
         """the oauth2-proxy style TOML config file"""
         self.config_file = path
         self["config"] = path
+
+    def opt_alpha_config(self, path: str) -> None:
+        """the alpha YAML config file: upstreams, injected headers, listen address, provider"""
+        self["alpha-config"] = path
+
+    def opt_convert_config_to_alpha(self) -> None:
+        """print the alpha YAML for the legacy options given (flags, environment, --config)
+        and exit"""
+        self["convert-config-to-alpha"] = True
+
+    def postOptions(self) -> None:
+        """Refuse options that cannot go together."""
+        if self["alpha-config"] is not None and self["convert-config-to-alpha"]:
+            raise usage.UsageError(
+                "--alpha-config and --convert-config-to-alpha cannot be used together: "
+                "convert a legacy configuration first, then load the result with --alpha-config"
+            )
 
     def opt_version(self) -> None:
         """print the oauthgate version and exit"""

@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from oauthgate.config.alpha import AlphaConfig, load_alpha, moved_options
 from oauthgate.config.durations import DURATION_HINT, parse_duration
 from oauthgate.config.flags import parse_bool, parse_text, split_list
 from oauthgate.config.options import Config, OptionSpec, option_specs
@@ -120,6 +121,8 @@ def load_config(
     environ: Mapping[str, str],
     config_file: str | None,
     *,
+    alpha_file: str | None = None,
+    check: bool = True,
     random: Callable[[int], bytes] = os.urandom,
 ) -> tuple[Config, list[str]]:
     """The validated configuration from the command line, the environment and the file.
@@ -129,6 +132,12 @@ def load_config(
             parsed, though strings are parsed here too.
         environ: the environment; ``OAUTHGATE_<KEY>`` beats ``OAUTH2_PROXY_<KEY>``.
         config_file: the TOML file (``--config``), or None.
+        alpha_file: the alpha YAML file (``--alpha-config``), or None. It sets the
+            upstreams and injected headers (and, when it has them, the listen address and
+            the provider); the legacy options it takes over may then not be given
+            anywhere else (:func:`~oauthgate.config.alpha.moved_options`).
+        check: validate the merged configuration; off only for
+            ``--convert-config-to-alpha``, which converts what is given, complete or not.
         random: the randomness for the ``--demo`` cookie secret.
 
     Returns:
@@ -148,22 +157,60 @@ def load_config(
     env_values = _read_environ(environ, specs, problems, warnings, failed)
     flag_values = _read_flags(flags, specs, problems, failed)
 
+    alpha: AlphaConfig | None = None
+    moved: dict[str, str] = {}
+    if alpha_file is not None:
+        try:
+            alpha = load_alpha(alpha_file, environ)
+        except ConfigError as e:
+            problems.extend(e.problems)
+        else:
+            warnings.extend(alpha.warnings)
+        moved = moved_options(alpha.sections if alpha is not None else ())
+        for key, alpha_key in moved.items():
+            spec = specs[key]
+            where = []
+            if key in flag_values:
+                where.append(f"--{spec.flag}")
+            if key in env_values:
+                where.append(next(name for name in spec.env_names if name in environ))
+            if key in file_values:
+                where.append(f"{config_file}: {key}")
+            for place in where:
+                problems.append(
+                    f"{place}: with --alpha-config this is set in the alpha file "
+                    f"({alpha_key}); remove it here"
+                )
+                failed.add(key)
+
     given: dict[str, object] = {**file_values, **env_values, **flag_values}
     values: dict[str, Any] = {key: spec.default for key, spec in specs.items()}
     values.update(given)
+    if alpha is not None:
+        values.update(alpha.options)
 
     if values["demo"]:
         for key, value in demo_defaults(random).items():
             file_key = key + "_file"
+            if key in moved or (alpha is not None and key in alpha.options):
+                continue
             if key not in given and not (file_key in specs and values[file_key]):
                 values[key] = value
 
     for secret_key, file_key in SECRET_FILES:
         _read_secret_file(values, secret_key, file_key, problems, failed)
 
+    if alpha is not None:
+        values.update(
+            upstream_specs=alpha.upstream_specs,
+            proxy_raw_path=alpha.proxy_raw_path,
+            request_header_rules=alpha.request_header_rules,
+            response_header_rules=alpha.response_header_rules,
+        )
     config = Config(**values)
     try:
-        warnings.extend(validate(config))
+        if check:
+            warnings.extend(validate(config))
     except ConfigError as e:
         problems.extend(line for line in e.problems if line.partition(":")[0].strip() not in failed)
     if problems:

@@ -8,9 +8,13 @@ from this class, so an option is added by adding a field here and nowhere else.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+
+if TYPE_CHECKING:  # types only: the config layer imports neither upstreams nor web
+    from oauthgate.config.headers import HeaderRule
+    from oauthgate.upstreams.spec import UpstreamSpec
 
 __all__ = ["Config", "Kind", "OptionSpec", "option_specs"]
 
@@ -306,6 +310,17 @@ class Config:
     # --- oauthgate only ---------------------------------------------------------------
     demo: bool = _opt(False, "run with the built-in test identity provider and an echo upstream")
 
+    # --- not options: filled by the loader from the alpha YAML (--alpha-config) ---------
+    # Fields without "oauthgate" metadata have no flag, variable or file key.
+    upstream_specs: tuple[UpstreamSpec, ...] = ()
+    """The alpha ``upstreamConfig.upstreams``; empty: convert ``upstreams`` (legacy)."""
+    proxy_raw_path: bool = False
+    """The alpha ``upstreamConfig.proxyRawPath``: send the path upstream as received."""
+    request_header_rules: tuple[HeaderRule, ...] | None = None
+    """The alpha ``injectRequestHeaders``; None: derive them from the legacy header flags."""
+    response_header_rules: tuple[HeaderRule, ...] | None = None
+    """The alpha ``injectResponseHeaders``; None: derive them from the legacy header flags."""
+
 
 def option_specs() -> tuple[OptionSpec, ...]:
     """Every option, in table order."""
@@ -315,7 +330,9 @@ def option_specs() -> tuple[OptionSpec, ...]:
 def _build_specs() -> tuple[OptionSpec, ...]:
     specs = []
     for field in attrs.fields(Config):
-        meta = field.metadata["oauthgate"]
+        meta = field.metadata.get("oauthgate")
+        if meta is None:  # filled by the loader, not an option
+            continue
         specs.append(
             OptionSpec(
                 key=field.name,

@@ -10,16 +10,18 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from oauthgate.authz.query import DomainPattern
 from oauthgate.config.durations import format_duration
+from oauthgate.config.headers import TOKEN_CLAIMS
 from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError
 from oauthgate.sessions.crypto import decode_secret
+from oauthgate.sessions.redis_client import redis_problems
 
 __all__ = ["MAKE_SECRET_COMMAND", "REAL_CLIENT_IP_HEADERS", "listen_description", "validate"]
 
@@ -52,9 +54,9 @@ _INSECURE_OPTIONS = {
     "insecure_oidc_skip_nonce": "the id_token nonce is not checked (no replay protection)",
     "ssl_insecure_skip_verify": "the provider's TLS certificate is not verified",
     "ssl_upstream_insecure_skip_verify": "the upstream's TLS certificate is not verified",
+    "redis_insecure_skip_tls_verify": "the Redis server's TLS certificate is not verified",
 }
 _ENDPOINT_PREFIXES = ("tcp:", "tcp6:", "unix:", "ssl:", "systemd:", "haproxy:")
-_LATER_UPSTREAM_SCHEMES = ("file", "static", "unix")
 _COOKIE_NAME_SEPARATORS = frozenset('()<>@,;:\\"/[]?={} \t')
 # What a cookie Path or Domain attribute may carry: visible ASCII without ';' (it would end
 # the attribute and start another) or ',' (old parsers split Set-Cookie headers there).
@@ -236,13 +238,24 @@ def _check_cookie(config: Config, problems: list[str]) -> None:
                     f"session_cookie_minimal: {key} needs the tokens that a minimal "
                     "session drops; turn one of them off"
                 )
+        for section, rules in (
+            ("injectRequestHeaders", config.request_header_rules),
+            ("injectResponseHeaders", config.response_header_rules),
+        ):
+            for rule in rules or ():
+                claims = sorted({v.claim for v in rule.values if v.claim in TOKEN_CLAIMS})
+                if claims:
+                    problems.append(
+                        f"session_cookie_minimal: {section} {rule.name} needs the "
+                        f"{' and '.join(claims)} that a minimal session drops; turn one of "
+                        "them off"
+                    )
     if config.session_store_type == "redis":
-        problems.append(
-            "session_store_type: redis is not supported yet (it comes in a later version); "
-            "use cookie"
-        )
+        problems.extend(redis_problems(config))
     elif config.session_store_type != "cookie":
-        problems.append(f"session_store_type: must be cookie, got {config.session_store_type!r}")
+        problems.append(
+            f"session_store_type: must be cookie or redis, got {config.session_store_type!r}"
+        )
 
 
 def _is_token_char(char: str) -> bool:
@@ -283,18 +296,47 @@ def _shown(url: str) -> str:
 
 
 def _check_upstreams(config: Config, problems: list[str]) -> None:
-    for upstream in config.upstreams:
-        scheme = upstream.partition("://")[0].lower() if "://" in upstream else ""
-        if scheme in _LATER_UPSTREAM_SCHEMES:
-            problems.append(
-                f"upstreams: {_shown(upstream)!r}: {scheme}:// upstreams are not supported "
-                "yet (they come in a later version); use an http:// or https:// URL"
-            )
-        elif _http_url(upstream) is None:
-            problems.append(
-                f"upstreams: {_shown(upstream)!r}: must be an http:// or https:// URL with "
-                "a host, e.g. http://127.0.0.1:8080/"
-            )
+    """The ``--upstream`` URLs one by one, then the upstreams as a set (unique paths and
+    ids, valid patterns: ``routing.spec_problems``), the alpha ``upstreamConfig`` too."""
+    from oauthgate.upstreams.legacy import specs_from_config
+    from oauthgate.upstreams.routing import spec_problems
+
+    found: list[str] = []
+    if not config.upstream_specs:
+        for upstream in config.upstreams:
+            found.extend(_upstream_url_problems(upstream))
+    specs = specs_from_config(config)
+    if not found:
+        found.extend(spec_problems(specs))
+    for spec in specs:
+        if not spec.static and spec.uri.lower().startswith("file:"):
+            directory = unquote(urlsplit(spec.uri).path)
+            if directory and not os.path.isdir(directory):
+                found.append(f"upstreams: {spec.id!r}: {directory!r} is not a directory")
+    problems.extend(found)
+
+
+def _upstream_url_problems(url: str) -> list[str]:
+    shown = _shown(url)
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "static":
+        code = urlsplit(url).netloc
+        if not (code.isdigit() and 200 <= int(code) <= 599):
+            return [
+                f"upstreams: {shown!r}: static://<code> needs an HTTP status 200-599, "
+                "e.g. static://202"
+            ]
+    elif scheme in ("file", "unix"):
+        if not urlsplit(url).path.startswith("/"):
+            example = "file:///var/www#/static/" if scheme == "file" else "unix:///run/app.sock"
+            return [f"upstreams: {shown!r}: {scheme}:// needs an absolute path, e.g. {example}"]
+    elif _http_url(url) is None:
+        return [
+            f"upstreams: {shown!r}: must be an http:// or https:// URL with a host (e.g. "
+            "http://127.0.0.1:8080/), unix:///socket, file:///directory#/path/ or "
+            "static://<code>"
+        ]
+    return []
 
 
 def _check_authorization(config: Config, problems: list[str]) -> None:
@@ -422,4 +464,10 @@ def _warnings(config: Config) -> list[str]:
     for key, consequence in _INSECURE_OPTIONS.items():
         if getattr(config, key):
             warnings.append(f"{key} is on: {consequence}; do not use this in production")
+    for spec in config.upstream_specs:
+        if spec.insecure_skip_tls_verify and not spec.static:
+            warnings.append(
+                f"upstreams: {spec.id!r} has insecureSkipTLSVerify: its TLS certificate is "
+                "not verified; do not use this in production"
+            )
     return warnings

@@ -1,4 +1,4 @@
-"""Header rules of a reverse proxy: what never crosses a hop, and the X-Forwarded-* trio.
+"""Header rules of a reverse proxy: what never crosses a hop, and the X-Forwarded-* headers.
 
 Pure functions over :class:`twisted.web.http_headers.Headers`, so the gate, the HTTP
 upstream and forward-auth answer with the same rules. Names are compared
@@ -75,13 +75,19 @@ def forwarded_for(previous: Sequence[bytes] | None, client_ip: str | None) -> by
 
 
 def add_forwarded_headers(
-    headers: Headers, *, client_ip: str | None, secure: bool, host: bytes | None
+    headers: Headers,
+    *,
+    client_ip: str | None,
+    secure: bool,
+    host: bytes | None,
+    uri: bytes | None = None,
 ) -> None:
-    """Set the X-Forwarded-* trio in ``headers`` (changed in place).
+    """Set the X-Forwarded-* headers in ``headers`` (changed in place).
 
-    ``X-Forwarded-For`` gets ``client_ip`` appended; ``X-Forwarded-Proto`` (from ``secure``)
-    and ``X-Forwarded-Host`` (the client's ``host``) are added only when not already present,
-    so a value set by a proxy in front is kept. The gate decides beforehand whether such
+    ``X-Forwarded-For`` gets ``client_ip`` appended; ``X-Forwarded-Proto`` (from ``secure``),
+    ``X-Forwarded-Host`` (the client's ``host``) and ``X-Forwarded-Uri`` (the request URI
+    as the client sent it, before any rewrite) are added only when not already present, so
+    a value set by a proxy in front is kept. The gate decides beforehand whether such
     incoming values may be trusted and removes them if not.
     """
     value = forwarded_for(headers.getRawHeaders(b"X-Forwarded-For"), client_ip)
@@ -91,6 +97,8 @@ def add_forwarded_headers(
         headers.setRawHeaders(b"X-Forwarded-Proto", [b"https" if secure else b"http"])
     if host and not headers.hasHeader(b"X-Forwarded-Host"):
         headers.setRawHeaders(b"X-Forwarded-Host", [host])
+    if uri and not headers.hasHeader(b"X-Forwarded-Uri"):
+        headers.setRawHeaders(b"X-Forwarded-Uri", [uri])
 
 
 def replace_headers(headers: Headers, replacements: Sequence[tuple[bytes, bytes]]) -> None:

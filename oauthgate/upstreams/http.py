@@ -1,28 +1,41 @@
-"""The HTTP(S) upstream: forward one request to a server and stream its answer back.
+"""The HTTP(S) and UNIX-socket upstream: forward one request and stream its answer back.
 
-The request goes out with the client's method, path, raw query and body, minus the
-hop-by-hop headers, plus the X-Forwarded-* trio and the gate's identity headers. The
-answer streams back as it arrives, pausing the upstream connection while the client is
-slow to read. Connections are reused through one ``HTTPConnectionPool`` per upstream.
+The request goes out with the client's method, path, raw query and body (or the target
+the routing table rewrote), minus the hop-by-hop headers, plus the X-Forwarded-* headers
+and the gate's identity headers. The answer streams back as it arrives: every piece the
+upstream sends is written to the client at once (so Server-Sent Events and long polls
+arrive as the upstream flushes them; ``flush_interval`` is accepted for oauth2-proxy
+compatibility and never delays data), pausing the upstream connection while the client
+is slow to read. Request bodies are streamed to the upstream from the file Twisted has
+received them into (bodies of 100 kB or more are kept in a temporary file, not in
+memory), also with backpressure.
+
+Connections are reused through one ``HTTPConnectionPool`` per upstream (at most
+``MAX_PERSISTENT_PER_HOST`` idle ones, closed after ``IDLE_CONNECTION_TIMEOUT``), or
+closed after each request with ``disable_keep_alives``. ``Upgrade: websocket`` requests
+are tunnelled (:mod:`oauthgate.upstreams.websocket`) over connections of their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import IO, TYPE_CHECKING, cast
-from urllib.parse import urlsplit
+from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
     IReactorTime,
+    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
+    URI,
     Agent,
     FileBodyProducer,
     HTTPConnectionPool,
@@ -30,7 +43,7 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from oauthgate.errors import ConfigError, UpstreamError
@@ -42,6 +55,9 @@ from oauthgate.upstreams.headers import (
     replace_headers,
     strip_hop_by_hop,
 )
+from oauthgate.upstreams.routing import compile_path, is_regex, path_matches
+from oauthgate.upstreams.spec import UpstreamSpec
+from oauthgate.upstreams.websocket import is_websocket_upgrade, tunnel
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,7 +66,7 @@ if TYPE_CHECKING:
 
     from oauthgate.config.options import Config
 
-__all__ = ["HTTPUpstream"]
+__all__ = ["HTTPUpstream", "UpstreamEndpoints"]
 
 MAX_PERSISTENT_PER_HOST = 10
 """Idle keep-alive connections kept per upstream host."""
@@ -68,13 +84,16 @@ _NO_BODY = frozenset({204, 304})
 
 @implementer(IUpstream)
 class HTTPUpstream:
-    """A reverse proxy to one ``http(s)://host[:port][/path]`` server.
+    """A reverse proxy to one ``http(s)://host[:port][/path]`` or ``unix:///socket`` server.
 
-    ``path`` is the URL's path ("/" if none) and is only the route: as in oauth2-proxy,
-    the request's own path and raw query are sent unchanged (``/base/x`` on an upstream
-    ``http://h:8080/base/`` goes to ``http://h:8080/base/x``). Requests never reveal
+    ``path`` is the route (by default the URL's path, "/" if none; "/" for a UNIX
+    socket). As in oauth2-proxy, the request's own path and raw query are sent unchanged
+    (``/base/x`` on an upstream ``http://h:8080/base/`` goes to ``http://h:8080/base/x``)
+    unless the routing table passes a rewritten ``target``. Requests never reveal
     anything of the upstream URL's userinfo, and failures are logged without headers
-    or cookies.
+    or cookies. ``endpoints`` opens the raw connections WebSocket tunnels need; without
+    it (or with ``proxy_websockets=False``) an upgrade request is forwarded as a plain
+    request, without its ``Upgrade`` header.
     """
 
     log = Logger()
@@ -86,62 +105,109 @@ class HTTPUpstream:
         clock: IReactorTime,
         *,
         id: str | None = None,
+        path: str | None = None,
+        regex: bool = False,
         pass_host_header: bool = True,
         timeout: float = 30.0,
         pool: HTTPConnectionPool | None = None,
+        endpoints: IAgentEndpointFactory | None = None,
+        proxy_websockets: bool = True,
+        flush_interval: float = 1.0,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError([f"upstreams: {url!r} must be an http(s)://host[:port][/path] URL"])
-        netloc = parts.netloc.rpartition("@")[2]
-        if not netloc.isascii():
-            raise ConfigError([f"upstreams: {url!r}: write the host name in ASCII (punycode)"])
+        if parts.scheme == "unix":
+            if not parts.path.startswith("/"):
+                raise ConfigError([f"upstreams: {url!r} must be unix:///path/to/socket"])
+            netloc = "localhost"
+            origin = "http://localhost"
+            route = "/"
+        else:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    [f"upstreams: {url!r} must be an http(s)://host[:port][/path] URL"]
+                )
+            netloc = parts.netloc.rpartition("@")[2]
+            if not netloc.isascii():
+                raise ConfigError([f"upstreams: {url!r}: write the host name in ASCII (punycode)"])
+            origin = f"{parts.scheme}://{netloc}"
+            route = parts.path or "/"
         self.url = url
-        self.path = parts.path or "/"
+        self.path = route if path is None else path
         self.id = self.path if id is None else id
         self.pool = pool
+        self.flush_interval = flush_interval
+        self._pattern = compile_path(self.path) if regex else None
         self._agent = agent
         self._clock = clock
         self._pass_host_header = pass_host_header
         self._timeout = timeout
+        self._endpoints = endpoints
+        self._websockets = proxy_websockets and endpoints is not None
         self._host = netloc
         self._host_header = netloc.encode("ascii")
-        self._origin = f"{parts.scheme}://{netloc}".encode("ascii")
+        self._origin = origin.encode("ascii")
         self._cooperator = Cooperator(scheduler=self._schedule)
 
     @classmethod
-    def from_config(cls, url: str, config: Config, reactor: IReactorTime) -> HTTPUpstream:
-        """An upstream with its own keep-alive pool and the configured TLS checks.
+    def from_spec(
+        cls,
+        spec: UpstreamSpec,
+        reactor: Any,
+        *,
+        ca_files: Sequence[str] = (),
+        max_per_host: int = MAX_PERSISTENT_PER_HOST,
+    ) -> HTTPUpstream:
+        """An upstream with its own connection pool, TLS checks (the system trust store,
+        or only ``ca_files``; none with ``spec.insecure_skip_tls_verify``) and timeouts.
 
-        ``reactor`` must also provide ``IReactorTCP``. The service builds one per upstream
-        and calls :meth:`close` on stop.
+        ``reactor`` must provide ``IReactorTCP`` (and ``IReactorUNIX`` for ``unix://``).
+        The service builds one per upstream and calls :meth:`close` on stop. Raises
+        ConfigError when a CA file cannot be loaded.
         """
+        try:
+            policy = client_tls_policy(
+                insecure_skip_verify=spec.insecure_skip_tls_verify, ca_files=ca_files
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError([f"upstream_ca_files: cannot load: {e}"]) from None
         pool = persistent_pool(
-            reactor, max_per_host=MAX_PERSISTENT_PER_HOST, idle_timeout=IDLE_CONNECTION_TIMEOUT
+            reactor, max_per_host=max_per_host, idle_timeout=IDLE_CONNECTION_TIMEOUT
         )
-        agent = Agent(
-            reactor,
-            contextFactory=client_tls_policy(
-                insecure_skip_verify=config.ssl_upstream_insecure_skip_verify
-            ),
-            connectTimeout=config.upstream_timeout,
-            pool=pool,
-        )
+        if spec.disable_keep_alives:
+            pool.persistent = False  # "Connection: close" and a new connection each time
+        parts = urlsplit(spec.uri)
+        socket = unquote(parts.path) if parts.scheme == "unix" else None
+        endpoints = UpstreamEndpoints(reactor, policy, timeout=spec.timeout, unix_socket=socket)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
         return cls(
-            url,
+            spec.uri,
             agent,
             reactor,
-            pass_host_header=config.pass_host_header,
-            timeout=config.upstream_timeout,
+            id=spec.id,
+            path=spec.path,
+            regex=is_regex(spec),
+            pass_host_header=spec.pass_host_header,
+            timeout=spec.timeout,
             pool=pool,
+            endpoints=endpoints,
+            proxy_websockets=spec.proxy_websockets,
+            flush_interval=spec.flush_interval,
+        )
+
+    @classmethod
+    def from_config(cls, url: str, config: Config, reactor: Any) -> HTTPUpstream:
+        """The upstream ``--upstream=url`` describes, with the configured TLS checks,
+        timeouts and keep-alive setting (see :meth:`from_spec`)."""
+        from oauthgate.upstreams.legacy import spec_from_flag
+
+        return cls.from_spec(
+            spec_from_flag(url, config), reactor, ca_files=config.upstream_ca_files
         )
 
     def matches(self, path: str) -> bool:
         """oauth2-proxy's rule: a path ending in "/" is a prefix ("/" serves everything),
-        any other path serves only itself."""
-        if self.path.endswith("/"):
-            return path.startswith(self.path)
-        return path == self.path
+        any other path serves only itself; a regular expression route searches."""
+        return path_matches(path, self.path, self._pattern)
 
     def close(self) -> Awaitable[None]:
         """Close the idle keep-alive connections (on service stop)."""
@@ -149,38 +215,59 @@ class HTTPUpstream:
             return succeed(None)
         return cast("Deferred[None]", self.pool.closeCachedConnections())
 
-    async def forward(self, request: Request, inject: Sequence[tuple[bytes, bytes]]) -> None:
+    async def forward(
+        self,
+        request: Request,
+        inject: Sequence[tuple[bytes, bytes]],
+        *,
+        target: bytes | None = None,
+    ) -> None:
         """Send ``request`` upstream and stream the answer into it; see :class:`IUpstream`.
 
+        ``target`` is the request URI to send (origin form); by default the client's.
         Raises UpstreamError(502) when the upstream cannot be reached and (504) when it
         sends no response headers within ``timeout``. A failure after the answer started
         aborts the client connection instead. If the client goes away, the upstream
         request or response is dropped and this returns quietly.
         """
-        target = self._origin + _origin_form(request.uri)
+        path = target if target is not None else _origin_form(request.uri)
         headers = self._request_headers(request, inject)
+        if self._websockets and is_websocket_upgrade(request):
+            await self._tunnel(request, path, headers)
+            return
+        target = self._origin + path
         body = self._body(request)
         exchange = _Exchange()
         request.notifyFinish().addErrback(exchange.client_gone)
         if exchange.gone:
             return
+        pending = self._agent.request(request.method, target, headers, body)
+        exchange.pending = pending
+        # Cancelling a request the Agent has sent fails it with ResponseNeverReceived, not
+        # CancelledError, so the timeout is remembered here rather than recognised later.
+        timed_out: list[bool] = []
+
+        def give_up() -> None:
+            timed_out.append(True)
+            pending.cancel()
+
+        timer = self._clock.callLater(self._timeout, give_up)
         try:
-            pending = self._agent.request(request.method, target, headers, body)
-            pending.addTimeout(self._timeout, self._clock)
-            exchange.pending = pending
             response = await pending
-        except CancelledError:
+        except Exception as e:
             if exchange.gone:
                 return
-            raise
-        except TimeoutError:
-            self._warn(f"no response headers within {self._timeout}s")
-            raise UpstreamError(504, "The upstream server did not answer in time.") from None
-        except Exception as e:
+            if timed_out:
+                self._warn(f"no response headers within {self._timeout}s")
+                raise UpstreamError(504, "The upstream server did not answer in time.") from None
+            if isinstance(e, CancelledError):
+                raise
             self._warn(_describe(e))
             raise UpstreamError(502, "The upstream server could not be reached.") from None
         finally:
             exchange.pending = None
+            if timer.active():
+                timer.cancel()
 
         relay = _BodyRelay(request, self._warn)
         exchange.relay = relay
@@ -206,10 +293,29 @@ class HTTPUpstream:
             client_ip=getattr(address, "host", None),
             secure=request.isSecure(),
             host=client_host,
+            uri=request.uri,
         )
         if inject:
             replace_headers(headers, inject)
         return headers
+
+    async def _tunnel(self, request: Request, path: bytes, headers: Headers) -> None:
+        assert self._endpoints is not None
+        upgrade = request.requestHeaders.getRawHeaders(b"Upgrade") or [b"websocket"]
+        lines = [request.method + b" " + path + b" HTTP/1.1"]
+        for name, values in headers.getAllRawHeaders():
+            lines.extend(name + b": " + value for value in values)
+        lines.append(b"Upgrade: " + b", ".join(upgrade))
+        lines.append(b"Connection: Upgrade")
+        head = b"\r\n".join(lines) + b"\r\n\r\n"
+        try:
+            endpoint = self._endpoints.endpointForURI(URI.fromBytes(self._origin + path))
+        except ValueError as e:
+            self._warn(_describe(e))
+            raise UpstreamError(502, "The upstream server could not be reached.") from None
+        await tunnel(
+            request, endpoint, head, clock=self._clock, timeout=self._timeout, warn=self._warn
+        )
 
     def _body(self, request: Request) -> FileBodyProducer | None:
         content: IO[bytes] | None = request.content
@@ -231,6 +337,37 @@ class HTTPUpstream:
             host=self._host,
             reason=reason,
         )
+
+
+@implementer(IAgentEndpointFactory)
+class UpstreamEndpoints:
+    """Where an upstream's connections go: ``host:port`` (TLS for https, checked by
+    ``policy``), or always the UNIX socket ``unix_socket`` when one is given."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        policy: IPolicyForHTTPS,
+        *,
+        timeout: float = 30.0,
+        unix_socket: str | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._timeout = timeout
+        self._unix_socket = unix_socket
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        if self._unix_socket is not None:
+            return UNIXClientEndpoint(self._reactor, self._unix_socket, timeout=self._timeout)
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host name {uri.host!r} is not ASCII") from None
+        endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            return wrapClientTLS(self._policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
 
 
 class _Exchange:

@@ -45,6 +45,8 @@ from oauthgate.session import Session
 from oauthgate.sessions import cookies
 from oauthgate.sessions.cookies import CookieSettings
 from oauthgate.sessions.crypto import Sealer
+from oauthgate.upstreams.routing import route
+from oauthgate.upstreams.websocket import is_websocket_upgrade
 from oauthgate.web.identity import IdentityHeaders, set_all
 from oauthgate.web.pages import Pages
 from oauthgate.web.redirects import RedirectValidator
@@ -58,7 +60,13 @@ _NO_CACHE = (
     (b"X-Accel-Expires", b"0"),
 )
 _ROBOTS = b"User-agent: *\nDisallow: /\n"
-_FORWARDING = (b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded")
+_FORWARDING = (
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-forwarded-uri",
+    b"forwarded",
+)
 
 
 def _header(request: Request, name: bytes) -> str | None:
@@ -295,7 +303,7 @@ class Gate:
         constraint = check_query_constraints(request.args, session)
         if not constraint.allowed:
             raise AuthError(403, "access_denied", constraint.reason or "Forbidden")
-        upstream = self._upstream_for(request.path.decode("utf-8", "replace"))
+        upstream = self._upstream_for(request)
         if upstream is None:
             raise AuthError(404, "not_found", "No upstream serves this path.")
         self._strip_own_cookies(request)
@@ -305,14 +313,12 @@ class Gate:
             for name in _FORWARDING:
                 request.requestHeaders.removeHeader(name)
         set_all(request.responseHeaders, self.identity.response(session, tokens=False))
-        await upstream.forward(request, self.identity.upstream(session))
+        await upstream.forward(request, self.identity.upstream(session, request.requestHeaders))
 
-    def _upstream_for(self, path: str) -> IUpstream | None:
-        # Upstreams are sorted longest path first when the service builds the gate.
-        for upstream in self.upstreams:
-            if upstream.matches(path):
-                return upstream
-        return None
+    def _upstream_for(self, request: Request) -> IUpstream | None:
+        # The routing table (upstreams/routing.py) also rewrites paths and answers the
+        # trailing-slash and dot-segment redirects.
+        return route(self.upstreams, request)
 
     def _strip_own_cookies(self, request: Request) -> None:
         """The upstream never sees oauthgate's own cookies (session, parts, CSRF)."""
@@ -336,7 +342,8 @@ class Gate:
             request.requestHeaders.removeHeader(b"cookie")
 
     async def _need_login(self, request: Request) -> None:
-        if self.config.force_json_errors or _wants_json(request):
+        # A WebSocket client cannot follow a sign-in page: 401, and no upgrade.
+        if self.config.force_json_errors or _wants_json(request) or is_websocket_upgrade(request):
             return self._json(request, 401, {})
         redirect = self.redirects.sanitize(request.uri.decode("utf-8", "replace"))
         for name, value in _NO_CACHE:

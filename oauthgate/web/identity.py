@@ -1,5 +1,9 @@
 """Identity headers: which ones oauthgate injects, and stripping every client copy of them.
 
+What is injected is a list of :class:`~oauthgate.config.headers.HeaderRule` values, from
+the alpha YAML (``injectRequestHeaders`` / ``injectResponseHeaders``) or converted from
+the legacy header flags, so both configurations go through this one engine.
+
 The strip set is computed once from the configuration; stripping runs on every request,
 also on routes that skip authentication, so no client can spoof an identity. Header
 names are compared normalised (case-insensitive, ``_`` equal to ``-``), which closes the
@@ -9,15 +13,17 @@ header-smuggling variants of GHSA-vjrc-mh2v-45x6.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import attrs
 from twisted.web.http_headers import Headers
 
+from oauthgate.config.headers import HeaderRule, HeaderValue, legacy_header_rules
 from oauthgate.config.options import Config
 from oauthgate.session import Session
 
-__all__ = ["IDENTITY_HEADERS", "IdentityHeaders", "normalise"]
+__all__ = ["IDENTITY_HEADERS", "IdentityHeaders", "claim_values", "normalise", "set_all"]
 
 Pairs = list[tuple[bytes, bytes]]
 
@@ -55,40 +61,78 @@ def _header_value(value: str) -> bytes:
     return value.translate(_CONTROL).encode("utf-8")
 
 
+def _go_time(seconds: float) -> str:
+    """``seconds`` as Go's ``time.Time.String`` writes a UTC time (oauth2-proxy's format)."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + " +0000 UTC"
+
+
+def claim_values(session: Session, claim: str) -> list[str]:
+    """The values of ``claim`` in ``session`` (several only for ``groups``); empty if unset.
+
+    ``user`` falls back to the email when the session has no user name.
+    """
+    if claim == "user":
+        values = [session.user or session.email]
+    elif claim == "groups":
+        values = list(session.groups)
+    elif claim == "created_at":
+        values = [_go_time(session.created_at)] if session.created_at else []
+    elif claim == "expires_on":
+        values = [] if session.expires_on is None else [_go_time(session.expires_on)]
+    elif claim in ("email", "preferred_username", "access_token", "id_token", "refresh_token"):
+        values = [getattr(session, claim)]
+    else:
+        values = []
+    return [value for value in values if value]
+
+
+def _render(value: HeaderValue, session: Session) -> list[str]:
+    if not value.claim:
+        return [value.value] if value.value else []
+    claims = claim_values(session, value.claim)
+    if value.basic_auth_password is not None:
+        return [
+            "Basic " + base64.b64encode(f"{v}:{value.basic_auth_password}".encode()).decode()
+            for v in claims
+        ]
+    return [value.prefix + v for v in claims]
+
+
 @attrs.frozen
 class IdentityHeaders:
     """What to strip from requests and what to add for an authenticated session."""
 
-    pass_user_headers: bool
-    prefer_email_to_user: bool
-    basic_auth_password: str = attrs.field(repr=False)
-    pass_basic_auth: bool
-    pass_access_token: bool
-    pass_authorization_header: bool
-    set_xauthrequest: bool
-    set_authorization_header: bool
-    set_basic_auth: bool
+    request_rules: tuple[HeaderRule, ...]
+    response_rules: tuple[HeaderRule, ...]
     strip: frozenset[bytes]
 
     @classmethod
-    def from_config(cls, config: Config) -> IdentityHeaders:
+    def from_rules(
+        cls, request: Iterable[HeaderRule], response: Iterable[HeaderRule]
+    ) -> IdentityHeaders:
+        """Apply ``request`` rules to proxied requests and ``response`` rules to answers.
+
+        Client copies of every request header a rule injects are stripped unless the rule
+        preserves them; :data:`IDENTITY_HEADERS` are stripped in any case.
+        """
+        request = tuple(request)
         strip = {normalise(h) for h in IDENTITY_HEADERS}
-        sends_authorization = config.pass_authorization_header or (
-            config.pass_basic_auth and bool(config.basic_auth_password)
-        )
-        if sends_authorization:
-            strip.add(b"authorization")
-        return cls(
-            pass_user_headers=config.pass_user_headers or config.pass_basic_auth,
-            prefer_email_to_user=config.prefer_email_to_user,
-            basic_auth_password=config.basic_auth_password,
-            pass_basic_auth=config.pass_basic_auth,
-            pass_access_token=config.pass_access_token,
-            pass_authorization_header=config.pass_authorization_header,
-            set_xauthrequest=config.set_xauthrequest,
-            set_authorization_header=config.set_authorization_header,
-            set_basic_auth=config.set_basic_auth,
-            strip=frozenset(strip),
+        strip.update(normalise(r.name) for r in request if not r.preserve_request_value)
+        return cls(request, tuple(response), frozenset(strip))
+
+    @classmethod
+    def from_config(cls, config: Config) -> IdentityHeaders:
+        """The rules of the alpha YAML when it gave them, else those of the legacy flags."""
+        legacy_request, legacy_response = legacy_header_rules(config)
+        request = config.request_header_rules
+        response = config.response_header_rules
+        return cls.from_rules(
+            legacy_request if request is None else request,
+            legacy_response if response is None else response,
         )
 
     def strip_from(self, headers: Headers) -> list[bytes]:
@@ -98,61 +142,47 @@ class IdentityHeaders:
             headers.removeHeader(name)
         return removed
 
-    def _user(self, session: Session) -> str:
-        if self.prefer_email_to_user and session.email:
-            return session.email
-        return session.user or session.email
+    def upstream(self, session: Session, incoming: Headers | None = None) -> Pairs:
+        """Headers added to the request sent upstream (proxy mode).
 
-    def _basic(self, session: Session) -> bytes:
-        raw = f"{self._user(session)}:{self.basic_auth_password}".encode()
-        return b"Basic " + base64.b64encode(raw)
-
-    def upstream(self, session: Session) -> Pairs:
-        """Headers added to the request sent upstream (proxy mode)."""
-        out: Pairs = []
-        if self.pass_user_headers:
-            out.append((b"X-Forwarded-User", _header_value(self._user(session))))
-            if session.email and not self.prefer_email_to_user:
-                out.append((b"X-Forwarded-Email", _header_value(session.email)))
-            if session.groups:
-                out.append((b"X-Forwarded-Groups", _header_value(",".join(session.groups))))
-            if session.preferred_username:
-                out.append(
-                    (b"X-Forwarded-Preferred-Username", _header_value(session.preferred_username))
-                )
-        if self.pass_basic_auth and self.basic_auth_password:
-            out.append((b"Authorization", self._basic(session)))
-        if self.pass_access_token and session.access_token:
-            out.append((b"X-Forwarded-Access-Token", _header_value(session.access_token)))
-        if self.pass_authorization_header and session.id_token:
-            out.append((b"Authorization", b"Bearer " + _header_value(session.id_token)))
-        return out
+        One pair per header name; several values (groups, or rules sharing a name) are
+        joined with ``,``, as oauth2-proxy does. With ``incoming`` (the request's headers,
+        already stripped), a rule that preserves the request value puts the client's
+        values first.
+        """
+        return _apply(self.request_rules, session, secrets=True, incoming=incoming)
 
     def response(self, session: Session, *, tokens: bool) -> Pairs:
         """Headers added to oauthgate's answer: ``/oauth2/auth`` (``tokens=True``) and
-        proxied responses (``tokens=False``: tokens never go to the browser, where page
-        scripts could read them)."""
+        proxied responses (``tokens=False``: token claims and Basic credentials never go
+        to the browser, where page scripts could read them)."""
         out: Pairs = [(b"GAP-Auth", _header_value(session.email or session.user))]
-        if self.set_xauthrequest:
-            out.append((b"X-Auth-Request-User", _header_value(self._user(session))))
-            if session.email:
-                out.append((b"X-Auth-Request-Email", _header_value(session.email)))
-            if session.groups:
-                out.append((b"X-Auth-Request-Groups", _header_value(",".join(session.groups))))
-            if session.preferred_username:
-                out.append(
-                    (
-                        b"X-Auth-Request-Preferred-Username",
-                        _header_value(session.preferred_username),
-                    )
-                )
-            if tokens and self.pass_access_token and session.access_token:
-                out.append((b"X-Auth-Request-Access-Token", _header_value(session.access_token)))
-        if tokens and self.set_basic_auth:
-            out.append((b"Authorization", self._basic(session)))
-        if tokens and self.set_authorization_header and session.id_token:
-            out.append((b"Authorization", b"Bearer " + _header_value(session.id_token)))
+        out.extend(_apply(self.response_rules, session, secrets=tokens, incoming=None))
         return out
+
+
+def _apply(
+    rules: Sequence[HeaderRule], session: Session, *, secrets: bool, incoming: Headers | None
+) -> Pairs:
+    names: dict[bytes, str] = {}
+    injected: dict[bytes, list[bytes]] = {}
+    kept: dict[bytes, list[bytes]] = {}
+    for rule in rules:
+        key = normalise(rule.name)
+        names.setdefault(key, rule.name)
+        found = injected.setdefault(key, [])
+        if rule.preserve_request_value and incoming is not None and key not in kept:
+            kept[key] = list(incoming.getRawHeaders(rule.name.encode("latin-1"), []))
+        for value in rule.values:
+            if value.secret and not secrets:
+                continue
+            found.extend(_header_value(text) for text in _render(value, session))
+    # Nothing injected leaves the header alone (a preserved client copy stays as it is).
+    return [
+        (names[key].encode("latin-1"), b",".join([*kept.get(key, []), *values]))
+        for key, values in injected.items()
+        if values
+    ]
 
 
 def set_all(headers: Headers, pairs: Sequence[tuple[bytes, bytes]]) -> None:

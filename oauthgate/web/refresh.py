@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from oauthgate.errors import RefreshError
+from oauthgate.errors import RefreshError, StoreUnavailable
 from oauthgate.interfaces import IProvider, ISessionStore
 from oauthgate.session import Session
 
@@ -82,6 +82,13 @@ class Refresher:
         """Never fails: every way a refresh can go is an Outcome."""
         try:
             return await self._attempt(value, session)
+        except StoreUnavailable as e:
+            self.log.error(
+                "Cannot refresh the session of {user} now: {reason}",
+                user=session.email or session.user,
+                reason=str(e),
+            )
+            return _UNAVAILABLE
         except Exception:
             self.log.failure(
                 "Refresh failed unexpectedly for {user}", user=session.email or session.user
@@ -91,6 +98,16 @@ class Refresher:
     async def _attempt(self, value: str, session: Session) -> Outcome:
         who = session.email or session.user
         async with self.store.lock(value):
+            # A shared store (Redis) may hold a newer session than the one this request
+            # loaded: another instance refreshed it while we waited for the lock. Use that
+            # one instead of spending the (possibly rotated) refresh token again. A cookie
+            # store loads the same session again.
+            current = await self.store.load(value)
+            if current is None:
+                return _ENDED  # signed out (or expired) meanwhile
+            if current != session:
+                self.log.info("Session of {user} was refreshed elsewhere", user=who)
+                return Outcome(session=current, value=value)
             try:
                 refreshed = await self.provider.refresh(session)
             except RefreshError as e:

@@ -101,13 +101,13 @@ class EnvironmentTests(LoaderTestCase):
 
     def test_values_are_parsed_by_kind(self) -> None:
         env = {
-            "OAUTH2_PROXY_UPSTREAMS": "http://127.0.0.1:8080/, http://127.0.0.1:9090/",
+            "OAUTH2_PROXY_UPSTREAMS": "http://127.0.0.1:8080/, http://127.0.0.1:9090/api/",
             "OAUTHGATE_COOKIE_SECURE": "no",
             "OAUTHGATE_SKIP_PROVIDER_BUTTON": "1",
             "OAUTHGATE_COOKIE_REFRESH": "1h",
         }
         config, _ = self.load(environ=env)
-        self.assertEqual(config.upstreams, ("http://127.0.0.1:8080/", "http://127.0.0.1:9090/"))
+        self.assertEqual(config.upstreams, ("http://127.0.0.1:8080/", "http://127.0.0.1:9090/api/"))
         self.assertIs(config.cookie_secure, False)
         self.assertIs(config.skip_provider_button, True)
         self.assertEqual(config.cookie_refresh, 3600.0)

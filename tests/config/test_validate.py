@@ -290,14 +290,12 @@ class CookieRuleTests(ValidateTestCase):
             pass_access_token=True,
         )
 
-    def test_session_store_is_cookie_for_now(self) -> None:
+    def test_session_store_is_cookie_or_redis(self) -> None:
+        # The redis_* rules are tested in tests/sessions/test_redis_client.py.
+        self.assertValid(session_store_type="redis", redis_connection_url="redis://r:6379/0")
         self.assertProblem(
-            "session_store_type: redis is not supported yet (it comes in a later version); "
-            "use cookie",
-            session_store_type="redis",
-        )
-        self.assertProblem(
-            "session_store_type: must be cookie, got 'memcache'", session_store_type="memcache"
+            "session_store_type: must be cookie or redis, got 'memcache'",
+            session_store_type="memcache",
         )
 
 
@@ -305,23 +303,44 @@ class UpstreamRuleTests(ValidateTestCase):
     def test_http_upstreams_are_accepted(self) -> None:
         self.assertValid(upstreams=("http://127.0.0.1:8080/", "https://app.internal/api/"))
 
-    def test_other_kinds_are_not_supported_yet(self) -> None:
-        for scheme, url in (
-            ("file", "file:///var/www#/static/"),
-            ("static", "static://202"),
-            ("unix", "unix:///run/app.sock"),
-        ):
-            self.assertProblem(
-                f"upstreams: {url!r}: {scheme}:// upstreams are not supported yet (they come "
-                "in a later version); use an http:// or https:// URL",
-                upstreams=(url,),
+    def test_file_static_and_unix_upstreams_are_accepted(self) -> None:
+        directory = self.mktemp()
+        os.mkdir(directory)
+        self.assertValid(
+            upstreams=(
+                "http://127.0.0.1:8080/app/",
+                f"file://{os.path.abspath(directory)}#/static/",
+                "static://202/health",
+                "unix:///run/app.sock",
             )
+        )
+
+    def test_a_static_upstream_needs_a_status_code(self) -> None:
+        for bad in ("static://", "static://ok", "static://99", "static://600"):
+            self.assertProblem(
+                f"upstreams: {bad!r}: static://<code> needs an HTTP status 200-599, "
+                "e.g. static://202",
+                upstreams=(bad,),
+            )
+
+    def test_a_file_upstream_must_be_an_existing_directory(self) -> None:
+        self.assertProblem(
+            "upstreams: '/static/': '/no/such/dir' is not a directory",
+            upstreams=("file:///no/such/dir#/static/",),
+        )
+
+    def test_two_upstreams_on_one_path_are_refused(self) -> None:
+        self.assertProblem(
+            "upstreams: '/': two upstreams serve the path '/'; paths must be unique",
+            upstreams=("http://a/", "static://202"),
+        )
 
     def test_junk_upstreams_are_refused(self) -> None:
         for bad in ("127.0.0.1:8080", "http://", "ftp://host/", "http://host:port/"):
             self.assertProblem(
-                f"upstreams: {bad!r}: must be an http:// or https:// URL with a host, e.g. "
-                "http://127.0.0.1:8080/",
+                f"upstreams: {bad!r}: must be an http:// or https:// URL with a host (e.g. "
+                "http://127.0.0.1:8080/), unix:///socket, file:///directory#/path/ or "
+                "static://<code>",
                 upstreams=("http://ok/", bad),
             )
 

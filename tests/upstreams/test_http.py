@@ -10,6 +10,7 @@ from OpenSSL import SSL
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -19,7 +20,13 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseDone, ResponseFailed
+from twisted.web.client import (
+    URI,
+    BrowserLikePolicyForHTTPS,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
@@ -32,7 +39,8 @@ from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError, UpstreamError
 from oauthgate.interfaces import IUpstream
 from oauthgate.tls import client_tls_policy
-from oauthgate.upstreams.http import HTTPUpstream
+from oauthgate.upstreams.http import HTTPUpstream, UpstreamEndpoints
+from oauthgate.upstreams.spec import UpstreamSpec
 
 CLIENT_IP = "203.0.113.7"
 GET = b"GET /x HTTP/1.1\r\nHost: app.example\r\n\r\n"
@@ -153,17 +161,20 @@ class Proxy(Resource):
         upstream: HTTPUpstream,
         inject: Sequence[tuple[bytes, bytes]],
         before: Callable[[Request], None] | None,
+        target: bytes | None = None,
     ) -> None:
         Resource.__init__(self)
         self.upstream = upstream
         self.inject = inject
         self.before = before
+        self.target = target
         self.results: list[Deferred[None]] = []
 
     def render(self, request: Request) -> int:
         if self.before is not None:
             self.before(request)
-        self.results.append(Deferred.fromCoroutine(self.upstream.forward(request, self.inject)))
+        forwarding = self.upstream.forward(request, self.inject, target=self.target)
+        self.results.append(Deferred.fromCoroutine(forwarding))
         return NOT_DONE_YET
 
 
@@ -233,12 +244,13 @@ class Harness:
         inject: Sequence[tuple[bytes, bytes]] = (),
         secure: bool = False,
         before: Callable[[Request], None] | None = None,
+        target: bytes | None = None,
         **kwargs: Any,
     ) -> None:
         self.clock = Clock()
         self.agent = agent
         self.upstream = HTTPUpstream(url, agent, self.clock, **kwargs)
-        self.proxy = Proxy(self.upstream, inject, before)
+        self.proxy = Proxy(self.upstream, inject, before, target)
         site = Site(self.proxy, reactor=MemoryReactorClock())
         transport = TLSStringTransport if secure else StringTransport
         self.transport = transport(peerAddress=IPv4Address("TCP", CLIENT_IP, 50000))
@@ -292,6 +304,14 @@ class RequestTests(SynchronousTestCase):
             upstream, b"GET /base/x?y HTTP/1.1\r\nHost: h\r\n\r\n", url="http://backend:8080/base/"
         )
         self.assertEqual(upstream.seen[0].uri, b"/base/x?y")
+
+    def test_a_target_from_the_routing_table_replaces_path_and_query(self) -> None:
+        upstream = Recorder()
+        through(upstream, b"GET /api/x?y=1 HTTP/1.1\r\nHost: h\r\n\r\n", target=b"/v1/x?y=1")
+        self.assertEqual(upstream.seen[0].uri, b"/v1/x?y=1")
+        self.assertEqual(
+            upstream.seen[0].headers.getRawHeaders(b"X-Forwarded-Uri"), [b"/api/x?y=1"]
+        )
 
     def test_double_slashes_in_the_path_are_kept(self) -> None:
         upstream = Recorder()
@@ -612,6 +632,35 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(cancelled, [True])
         self.assertEqual([e["log_level"] for e in events], [LogLevel.warn])
 
+    def test_a_timeout_is_a_gateway_timeout_whatever_error_the_cancelled_agent_gives(
+        self,
+    ) -> None:
+        """Twisted's Agent fails a cancelled request with ResponseNeverReceived."""
+
+        def answer() -> Deferred[IResponse]:
+            pending: Deferred[IResponse] = Deferred(
+                lambda d: d.errback(ResponseNeverReceived([Failure(CancelledError())]))
+            )
+            return pending
+
+        harness = Harness(FakeAgent(answer), timeout=5.0)
+        harness.send(GET)
+        with capturedLogs():
+            harness.clock.advance(5)
+        self.assertEqual(self.failureResultOf(harness.result, UpstreamError).value.status, 504)
+
+    def test_an_upgrade_without_websocket_support_is_forwarded_as_a_plain_request(self) -> None:
+        upstream = Recorder()
+        through(
+            upstream,
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5MQ==\r\n\r\n",
+        )
+        seen = upstream.seen[0].headers
+        self.assertFalse(seen.hasHeader(b"Upgrade"))
+        self.assertNotIn(b"upgrade", b",".join(seen.getRawHeaders(b"Connection", [])).lower())
+        self.assertTrue(seen.hasHeader(b"Sec-WebSocket-Key"))
+
     def test_client_leaving_before_the_answer_cancels_the_upstream_request(self) -> None:
         cancelled: list[bool] = []
         harness = Harness(FakeAgent(lambda: Deferred(lambda _: cancelled.append(True))))
@@ -648,8 +697,20 @@ class UpstreamTests(SynchronousTestCase):
         self.assertFalse(upstream.matches("/health/x"))
 
     def test_non_http_urls_are_refused(self) -> None:
-        for url in ("ftp://backend/", "backend:8080", "http:///path"):
+        for url in ("ftp://backend/", "backend:8080", "http:///path", "unix://relative"):
             self.assertRaises(ConfigError, self.make, url)
+
+    def test_a_unix_socket_upstream_serves_everything_as_localhost(self) -> None:
+        upstream = self.make("unix:///run/app.sock")
+        self.assertEqual((upstream.path, upstream._host_header), ("/", b"localhost"))
+        self.assertTrue(upstream.matches("/any"))
+
+    def test_a_pattern_route_searches_the_path(self) -> None:
+        upstream = HTTPUpstream(
+            "http://b", FakeAgent(lambda: Deferred()), Clock(), path="^/api/v[0-9]+/", regex=True
+        )
+        self.assertTrue(upstream.matches("/api/v2/x"))
+        self.assertFalse(upstream.matches("/api/vx/"))
 
 
 class FromConfigTests(SynchronousTestCase):
@@ -664,6 +725,38 @@ class FromConfigTests(SynchronousTestCase):
         self.assertEqual(upstream._timeout, 5.0)
         self.assertFalse(upstream._pass_host_header)
         self.successResultOf(Deferred.fromCoroutine(_await(upstream.close())))
+
+    def test_without_keep_alives_every_request_gets_a_new_connection(self) -> None:
+        config = Config(disable_keep_alives=True)
+        upstream = HTTPUpstream.from_config("http://backend:8080", config, MemoryReactorClock())
+        assert upstream.pool is not None
+        self.assertFalse(upstream.pool.persistent)
+
+    def test_a_spec_sets_route_id_timeout_and_websockets(self) -> None:
+        spec = UpstreamSpec(
+            id="api", path="/api/", uri="https://b:8443/", timeout=3.0, proxy_websockets=False
+        )
+        upstream = HTTPUpstream.from_spec(spec, MemoryReactorClock())
+        self.assertEqual((upstream.id, upstream.path, upstream._timeout), ("api", "/api/", 3.0))
+        self.assertFalse(upstream._websockets)
+
+    def test_an_unreadable_ca_file_is_a_config_error(self) -> None:
+        spec = UpstreamSpec(id="/", path="/", uri="https://b/")
+        with self.assertRaises(ConfigError) as raised:
+            HTTPUpstream.from_spec(spec, MemoryReactorClock(), ca_files=("/no/such/ca.pem",))
+        self.assertIn("upstream_ca_files", str(raised.exception))
+
+    def test_unix_sockets_and_tls_get_their_endpoints(self) -> None:
+        reactor = MemoryReactorClock()
+        policy = client_tls_policy()
+        unix = UpstreamEndpoints(reactor, policy, unix_socket="/run/app.sock")
+        endpoint = unix.endpointForURI(URI.fromBytes(b"http://localhost/x"))
+        self.assertIsInstance(endpoint, UNIXClientEndpoint)
+        endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertEqual(reactor.unixClients[0][0], "/run/app.sock")
+        tcp = UpstreamEndpoints(reactor, policy)
+        self.assertIsInstance(tcp.endpointForURI(URI.fromBytes(b"http://b:81/")), HostnameEndpoint)
+        self.assertNotIsInstance(tcp.endpointForURI(URI.fromBytes(b"https://b/")), HostnameEndpoint)
 
     def test_tls_is_verified_unless_asked_not_to(self) -> None:
         self.assertIsInstance(

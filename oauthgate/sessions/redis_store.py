@@ -1,0 +1,393 @@
+"""The Redis session store: the cookie carries a ticket, Redis the sealed session.
+
+A ticket is a random 16-byte id and a random 32-byte secret. The cookie value is the
+ticket sealed with the cookie secret (purpose ``ticket:<cookie name>``), so a cookie that
+was not issued by an instance sharing the cookie secret, or was altered, never reaches
+Redis. The session is stored under ``<cookie name>-<id as hex>``, sealed (AES-256-GCM,
+:class:`~oauthgate.sessions.crypto.Sealer`) with a key derived from the ticket's secret
+and bound to that key name: Redis never holds the secret, so a dump of Redis (or a
+replica, or a backup) cannot be turned into sessions, and values cannot be swapped
+between keys. Sign-out deletes the key, which ends the session for every copy of the
+cookie on every instance at once.
+
+Refreshes take a lock in Redis (``<key>.lock``, ``SET NX PX`` with a random token,
+released by compare-and-delete, renewed while held), so N instances refresh one
+session once; a lock left by a crashed instance expires after :data:`LOCK_TTL` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from oauthgate.errors import StoreUnavailable
+from oauthgate.interfaces import ISessionStore
+from oauthgate.session import Session
+from oauthgate.sessions.crypto import Sealer
+from oauthgate.sessions.redis_client import RedisClient, client_from_config
+
+if TYPE_CHECKING:
+    from oauthgate.config.options import Config
+
+__all__ = [
+    "DEFAULT_TTL",
+    "LOCK_RETRY",
+    "LOCK_TTL",
+    "LOCK_WAIT",
+    "RedisSessionStore",
+    "Ticket",
+]
+
+#: How long Redis keeps a session when neither cookie_expire nor redis_expiration is set.
+DEFAULT_TTL = 168 * 3600.0
+#: Seconds a refresh lock lives unless renewed (it is renewed every third of it while held).
+LOCK_TTL = 10.0
+#: Seconds a refresh waits for another instance's lock before giving up (503 for now).
+LOCK_WAIT = 5.0
+#: Seconds between two attempts to take a held lock.
+LOCK_RETRY = 0.05
+
+_ID_SIZE = 16
+_SECRET_SIZE = 32
+
+# Compare-and-delete and compare-and-extend: only the holder's token touches the lock.
+RELEASE_SCRIPT = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('del', KEYS[1]) else return 0 end"
+)
+RENEW_SCRIPT = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
+
+# The session's plaintext: JSON of Session.to_dict(), deflated ("z" prefix) when larger
+# than 256 bytes and smaller that way; the same layout as the cookie store's.
+_DEFLATED = b"z"
+_COMPRESS_ABOVE = 256
+_MAX_INFLATED = 1024 * 1024
+
+
+def _encode(session: Session) -> bytes:
+    data = json.dumps(session.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+    if len(data) > _COMPRESS_ABOVE:
+        deflated = zlib.compress(data, 6)
+        if len(deflated) + 1 < len(data):
+            return _DEFLATED + deflated
+    return data
+
+
+def _decode(plain: bytes) -> Session:
+    """Raises ValueError for anything that is not an encoded session."""
+    if plain[:1] == _DEFLATED:
+        inflater = zlib.decompressobj()
+        try:
+            plain = inflater.decompress(plain[1:], _MAX_INFLATED)
+        except zlib.error as e:
+            raise ValueError(f"bad deflate data: {e}") from None
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise ValueError("deflate data too large or truncated")
+    elif plain[:1] != b"{":
+        raise ValueError("unknown session encoding")
+    data: Any = json.loads(plain)
+    return Session.from_dict(data)
+
+
+@attrs.frozen
+class Ticket:
+    """What the cookie carries: the session's id (its Redis key) and the secret its value
+    is sealed with. Never logged; :attr:`fingerprint` correlates log lines."""
+
+    id: bytes = attrs.field(repr=False)
+    secret: bytes = attrs.field(repr=False)
+
+    @classmethod
+    def new(cls, random: Callable[[int], bytes]) -> Ticket:
+        ticket = cls(random(_ID_SIZE), random(_SECRET_SIZE))
+        if len(ticket.id) != _ID_SIZE or len(ticket.secret) != _SECRET_SIZE:
+            raise ValueError("random source returned the wrong number of bytes")
+        return ticket
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Ticket | None:
+        if len(raw) != _ID_SIZE + _SECRET_SIZE:
+            return None
+        return cls(raw[:_ID_SIZE], raw[_ID_SIZE:])
+
+    def to_bytes(self) -> bytes:
+        return self.id + self.secret
+
+    def key(self, cookie_name: str) -> str:
+        """The Redis key of the session: ``<cookie name>-<id hex>``."""
+        return f"{cookie_name}-{self.id.hex()}"
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.id).hexdigest()[:12]
+
+
+@implementer(ISessionStore)
+class RedisSessionStore:
+    """Sessions in Redis (standalone, Sentinel or Cluster), shared by every instance that
+    has the same cookie secret and cookie name.
+
+    Security: see the module docstring. Values that do not open, or whose session is gone
+    from Redis (expired, signed out), load as None. A Redis failure is StoreUnavailable
+    (a 503 page; nobody is logged out). ``minimal`` also keeps tokens out of Redis.
+
+    Entries live ``max(lifetime, expiration)`` seconds from their last save
+    (:data:`DEFAULT_TTL` when both are 0); the ticket in the cookie is checked against
+    ``lifetime`` (the cookie's own age limit; 0: none) like the cookie store's values.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        client: RedisClient,
+        sealer: Sealer,
+        clock: IReactorTime,
+        *,
+        cookie_name: str,
+        lifetime: float,
+        expiration: float = 0.0,
+        minimal: bool = False,
+        random: Callable[[int], bytes] = os.urandom,
+        lock_ttl: float = LOCK_TTL,
+        lock_wait: float = LOCK_WAIT,
+        lock_retry: float = LOCK_RETRY,
+    ) -> None:
+        self.client = client
+        self._sealer = sealer
+        self._clock = clock
+        self._cookie_name = cookie_name
+        self._purpose = f"ticket:{cookie_name}"
+        self._lifetime = lifetime
+        self.ttl = max(lifetime, expiration) or DEFAULT_TTL
+        self._minimal = minimal
+        self._random = random
+        self._lock_ttl = lock_ttl
+        self._lock_wait = lock_wait
+        self._lock_retry = lock_retry
+        self._running = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        sealer: Sealer,
+        reactor: Any,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> RedisSessionStore:
+        """The store the ``redis_*`` options describe; it connects when started."""
+        return cls(
+            client_from_config(config, reactor),
+            sealer,
+            reactor,
+            cookie_name=config.cookie_name,
+            lifetime=config.cookie_expire,
+            expiration=config.redis_expiration,
+            minimal=config.session_cookie_minimal,
+            random=random,
+        )
+
+    # --- lifecycle (called by the service) ----------------------------------------
+
+    def start(self) -> None:
+        """Connect; a Redis that is not reachable yet is logged, and retried."""
+        self._running = True
+        self.client.start()
+        d = Deferred.fromCoroutine(self.check())
+        d.addCallbacks(self._reachable, self._unreachable)
+
+    def _reachable(self, _: object) -> None:
+        self.log.info("Redis session store is reachable")
+
+    def _unreachable(self, failure: Failure) -> None:
+        if self._running:
+            self.log.error(
+                "Redis session store is not reachable yet ({error}); retrying",
+                error=failure.getErrorMessage(),
+            )
+
+    def stop(self) -> Deferred[None]:
+        self._running = False
+        return self.client.stop()
+
+    # --- ISessionStore -----------------------------------------------------------
+
+    async def save(self, session: Session, previous: str | None = None) -> str:
+        """Store ``session`` and return its cookie value. With ``previous`` (the request's
+        value) the same ticket is reused, but only if its entry still exists: a session
+        signed out meanwhile is not brought back."""
+        if self._minimal:
+            session = session.without_tokens()
+        ticket = self._open(previous) if previous else None
+        reuse = ticket is not None
+        if ticket is None:
+            ticket = Ticket.new(self._random)
+        key = ticket.key(self._cookie_name)
+        now = self._clock.seconds()
+        value = Sealer(ticket.secret, random=self._random).seal(_encode(session), key, now)
+        args: list[str | int] = ["SET", key, value, "PX", int(self.ttl * 1000)]
+        if reuse:
+            args.append("XX")
+        written = await self.client.execute(*args)
+        if written is None:
+            self.log.info(
+                "Session {fingerprint} was signed out while being saved; not restored",
+                fingerprint=ticket.fingerprint,
+            )
+        return self._sealer.seal(ticket.to_bytes(), self._purpose, now)
+
+    async def load(self, value: str) -> Session | None:
+        """The session behind ``value``; None if the ticket does not open, or its session
+        is gone from Redis or does not open. Raises StoreUnavailable if Redis fails."""
+        ticket = self._open(value)
+        if ticket is None:
+            return None
+        key = ticket.key(self._cookie_name)
+        stored = await self.client.execute("GET", key)
+        if stored is None:
+            self.log.info(
+                "Session {fingerprint} is not in Redis (expired or signed out)",
+                fingerprint=ticket.fingerprint,
+            )
+            return None
+        if isinstance(stored, bytes):
+            stored = stored.decode("ascii", "replace")
+        plain = Sealer(ticket.secret).open(str(stored), key, 0, self._clock.seconds())
+        if plain is None:
+            self.log.warn(
+                "Session {fingerprint} in Redis does not open with its ticket",
+                fingerprint=ticket.fingerprint,
+            )
+            return None
+        try:
+            return _decode(plain)
+        except (ValueError, TypeError, RecursionError) as e:
+            self.log.warn(
+                "Session {fingerprint} in Redis is malformed: {reason}",
+                fingerprint=ticket.fingerprint,
+                reason=type(e).__name__,
+            )
+            return None
+
+    async def clear(self, value: str) -> None:
+        """Delete the session behind ``value`` from Redis (every copy of the cookie stops
+        working). Nothing happens for a value that does not open."""
+        ticket = self._open(value)
+        if ticket is None:
+            return
+        await self.client.execute("DEL", ticket.key(self._cookie_name))
+        self.log.info("Session {fingerprint} deleted", fingerprint=ticket.fingerprint)
+
+    def lock(self, value: str) -> AbstractAsyncContextManager[None]:
+        """A lock in Redis on the session behind ``value``, held across instances.
+
+        Entering waits up to ``lock_wait`` seconds for another holder, then raises
+        StoreUnavailable; a value that does not open gets no lock (nothing to refresh).
+        """
+        return _RedisLock(self, self._open(value))
+
+    async def check(self) -> None:
+        """PING (every master of a cluster); raises StoreUnavailable if Redis fails."""
+        await self.client.ping()
+
+    # --- internals ---------------------------------------------------------------
+
+    def _open(self, value: str) -> Ticket | None:
+        raw = self._sealer.open(value, self._purpose, self._lifetime, self._clock.seconds())
+        ticket = Ticket.from_bytes(raw) if raw is not None else None
+        if ticket is None:
+            self.log.warn(
+                "Session cookie {fingerprint} does not open (expired, tampered or sealed "
+                "under another secret)",
+                fingerprint=hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12],
+            )
+        return ticket
+
+    def _lock_key(self, ticket: Ticket) -> str:
+        return ticket.key(self._cookie_name) + ".lock"
+
+    def _token(self) -> str:
+        return self._random(16).hex()
+
+
+class _RedisLock(AbstractAsyncContextManager[None]):
+    def __init__(self, store: RedisSessionStore, ticket: Ticket | None) -> None:
+        self._store = store
+        self._ticket = ticket
+        self._token = ""
+        self._renewal: LoopingCall | None = None
+
+    async def __aenter__(self) -> None:
+        if self._ticket is None:
+            return
+        store = self._store
+        clock = store._clock
+        key = store._lock_key(self._ticket)
+        token = store._token()
+        ttl_ms = int(store._lock_ttl * 1000)
+        deadline = clock.seconds() + store._lock_wait
+        while True:
+            taken = await store.client.execute("SET", key, token, "NX", "PX", ttl_ms)
+            if taken is not None:
+                break
+            if clock.seconds() >= deadline:
+                store.log.warn(
+                    "Session {fingerprint} stayed locked by another refresh for {wait}s",
+                    fingerprint=self._ticket.fingerprint,
+                    wait=store._lock_wait,
+                )
+                raise StoreUnavailable("the session is being refreshed elsewhere; try again")
+            await deferLater(clock, store._lock_retry, lambda: None)
+        self._token = token
+        renewal = LoopingCall(self._renew, key, token, ttl_ms)
+        renewal.clock = clock
+        renewal.start(store._lock_ttl / 3, now=False).addErrback(lambda _: None)
+        self._renewal = renewal
+
+    def _renew(self, key: str, token: str, ttl_ms: int) -> Deferred[None]:
+        async def renew() -> None:
+            try:
+                kept = await self._store.client.execute("EVAL", RENEW_SCRIPT, 1, key, token, ttl_ms)
+            except StoreUnavailable as e:
+                self._store.log.warn("Cannot renew a refresh lock: {error}", error=str(e))
+                return
+            if not kept:
+                self._store.log.warn("A refresh lock expired while held")
+
+        return Deferred.fromCoroutine(renew())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        renewal, self._renewal = self._renewal, None
+        if renewal is not None and renewal.running:
+            renewal.stop()
+        if self._ticket is None or not self._token:
+            return
+        key = self._store._lock_key(self._ticket)
+        try:
+            await self._store.client.execute("EVAL", RELEASE_SCRIPT, 1, key, self._token)
+        except StoreUnavailable as e:
+            # It expires by itself within LOCK_TTL seconds.
+            self._store.log.warn("Cannot release a refresh lock: {error}", error=str(e))
