@@ -148,6 +148,10 @@ class EmailAuthorizer:
         return Decision.deny(f"the email address {email} is not allowed")
 
     async def authorize(self, request: RequestInfo, session: Session) -> Decision:
+        if not session.email and session.provider == "htpasswd":
+            # Users of the operator's own htpasswd file have no email; the file is their
+            # allow-list (as in oauth2-proxy, only non-empty emails are checked for them).
+            return Decision.allow()
         return self.check_email(session.email)
 
     def _poll(self) -> None:

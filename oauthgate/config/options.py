@@ -244,6 +244,52 @@ class Config:
     )
     force_json_errors: bool = _opt(False, "answer 401/403 with JSON instead of pages or redirects")
 
+    # --- access rules and non-browser credentials ---------------------------------------
+    skip_auth_routes: tuple[str, ...] = _opt(
+        (),
+        "requests that need no login: REGEX, METHOD=REGEX or METHOD!=REGEX (path only)",
+        flag="skip-auth-route",
+    )
+    skip_auth_regex: tuple[str, ...] = _opt(
+        (), "deprecated: path regexes that need no login (any method)", flag="skip-auth-regex"
+    )
+    skip_auth_preflight: bool = _opt(False, "let CORS preflight (OPTIONS) requests through")
+    api_routes: tuple[str, ...] = _opt(
+        (),
+        "request URIs (regex) that get 401 JSON instead of the sign-in page",
+        flag="api-route",
+    )
+    trusted_ips: tuple[str, ...] = _opt(
+        (), "client IPs or CIDRs that need no login", flag="trusted-ip"
+    )
+    trusted_proxy_ips: tuple[str, ...] = _opt(
+        (),
+        "front proxies (IPs or CIDRs) allowed to set X-Forwarded-* and the real client IP "
+        "header (default with --reverse-proxy: any)",
+        flag="trusted-proxy-ip",
+    )
+    skip_jwt_bearer_tokens: bool = _opt(
+        False, "accept Authorization: Bearer JWTs from the provider and --extra-jwt-issuers"
+    )
+    extra_jwt_issuers: tuple[str, ...] = _opt(
+        (), "other JWT issuers as issuer=audience", flag="extra-jwt-issuers"
+    )
+    bearer_token_login_fallback: bool = _opt(
+        True, "a refused bearer token is ignored (login as usual); false: 403"
+    )
+    htpasswd_file: str = _opt("", "users and bcrypt/SHA1 passwords for basic auth and the form")
+    htpasswd_user_groups: tuple[str, ...] = _opt(
+        (), "groups given to htpasswd users", flag="htpasswd-user-group"
+    )
+    display_htpasswd_form: bool = _opt(
+        True, "show a username/password form on the sign-in page (with --htpasswd-file)"
+    )
+    protected_resource_metadata: str = _opt(
+        "",
+        "publish RFC 9728 metadata for this resource URL (e.g. https://api.example.com) "
+        "and point 401s for bearer clients at it",
+    )
+
     # --- headers ----------------------------------------------------------------------
     pass_user_headers: bool = _opt(
         True, "send X-Forwarded-User/-Email/-Groups/-Preferred-Username upstream"

@@ -58,6 +58,7 @@ class Pages:
     footer: str
     provider_name: str
     prefix: str
+    htpasswd_form: bool = False
 
     @classmethod
     def from_config(cls, config: Config, provider_name: str) -> Pages:
@@ -91,10 +92,25 @@ class Pages:
             footer=footer,
             provider_name=config.provider_display_name or provider_name,
             prefix=config.proxy_prefix,
+            htpasswd_form=bool(config.htpasswd_file) and config.display_htpasswd_form,
         )
 
-    def render_sign_in(self, redirect: str) -> bytes:
+    def render_sign_in(self, redirect: str, *, message: str = "") -> bytes:
+        form = ""
+        if self.htpasswd_form:
+            form = (
+                f'<form class="local" method="POST" action="{escape(self.prefix + "/sign_in")}">'
+                f'<input type="hidden" name="rd" value="{escape(redirect)}">'
+                '<label for="username">Username</label>'
+                '<input id="username" name="username" autocomplete="username" required>'
+                '<label for="password">Password</label>'
+                '<input id="password" name="password" type="password" '
+                'autocomplete="current-password" required>'
+                '<button type="submit" class="primary">Sign in</button></form>'
+            )
         return self.sign_in.safe_substitute(
+            message=f'<p class="error">{escape(message)}</p>' if message else "",
+            htpasswd_form=form,
             style=self.style,
             logo=self.logo,
             banner=self.banner,

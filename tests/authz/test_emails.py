@@ -210,3 +210,21 @@ class EmailsFileTests(SynchronousTestCase):
             clock.advance(5)
         self.assertTrue(authorizer.check_email("kept@example.org").allowed)
         self.assertTrue(any(e["log_level"] == LogLevel.error for e in events))
+
+
+class HtpasswdSessionTests(SynchronousTestCase):
+    def test_htpasswd_users_without_email_are_not_refused_for_it(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
+
+        from oauthgate.interfaces import RequestInfo
+        from oauthgate.session import Session
+
+        authorizer = EmailAuthorizer(("example.com",), Clock())
+        info = RequestInfo("GET", "/", "app.test")
+        local = Session(user="ops", provider="htpasswd")
+        other = Session(user="ops", provider="oidc")
+        allowed = self.successResultOf(Deferred.fromCoroutine(authorizer.authorize(info, local)))
+        refused = self.successResultOf(Deferred.fromCoroutine(authorizer.authorize(info, other)))
+        self.assertTrue(allowed.allowed)
+        self.assertFalse(refused.allowed)

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -95,7 +95,9 @@ class Harness:
         self.endpoint = endpoint or FakeEndpoint()
         self.resource = Tunnelling(self.endpoint, self.clock)
         self.client = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", 5000))
-        self.channel: Any = Site(self.resource).buildProtocol(None)
+        # a reactor of its own: the channel's idle timeout must not land in the real one
+        site = Site(self.resource, reactor=MemoryReactorClock())
+        self.channel: Any = site.buildProtocol(None)
         self.channel.makeConnection(self.client)
 
     def send(self, data: bytes) -> None:
