@@ -10,16 +10,19 @@ from typing import Any
 import attrs
 from treq.client import HTTPClient
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent
 from twisted.web.server import Site
 from zope.interface.verify import verifyObject
 
+from oauthgate.authz.bearer import BearerVerifier
 from oauthgate.authz.emails import EmailAuthorizer
 from oauthgate.authz.groups import GroupsAuthorizer
+from oauthgate.authz.htpasswd import Htpasswd, in_thread_pool
 from oauthgate.config.loader import DEMO_IDP_PORT, DEMO_UPSTREAM_PORT
 from oauthgate.config.options import Config
 from oauthgate.config.validate import listen_description
@@ -33,6 +36,7 @@ from oauthgate.sessions.crypto import Sealer, decode_secret
 from oauthgate.sessions.redis_store import RedisSessionStore
 from oauthgate.tls import client_tls_policy
 from oauthgate.upstreams.build import routing_table
+from oauthgate.web.access import AccessRules, Credentials
 from oauthgate.web.gate import Gate, GateResource
 from oauthgate.web.identity import IdentityHeaders
 from oauthgate.web.pages import Pages
@@ -65,6 +69,9 @@ class Components:
     store: ISessionStore
     authorizers: tuple[IAuthorizer, ...]
     upstreams: tuple[IUpstream, ...]
+    parts: tuple[IService, ...] = ()
+    """Background parts started and stopped with the service (file watchers, the Redis
+    connection, the password-check thread pool), in start order."""
 
 
 def build_components(
@@ -86,11 +93,13 @@ def build_components(
     provider = factory.build(config, http_client, reactor)
     verifyObject(IProvider, provider)
 
+    parts: list[IService] = []
     sealer = Sealer(decode_secret(config.cookie_secret), random=random)
     store: ISessionStore
     if config.session_store_type == "redis":
-        # Connects when the service starts (OAuthGateService calls store.start()).
-        store = RedisSessionStore.from_config(config, sealer, reactor, random=random)
+        redis = RedisSessionStore.from_config(config, sealer, reactor, random=random)
+        parts.append(_Part("redis", redis.start, redis.stop))  # connects when started
+        store = redis
     else:
         store = CookieSessionStore(
             sealer,
@@ -101,7 +110,9 @@ def build_components(
         )
     verifyObject(ISessionStore, store)
 
-    authorizers: list[IAuthorizer] = [EmailAuthorizer.from_config(config, reactor)]
+    emails = EmailAuthorizer.from_config(config, reactor)
+    parts.append(_Part("emails file", emails.start, emails.stop))
+    authorizers: list[IAuthorizer] = [emails]
     if [g for g in config.allowed_groups if g]:
         authorizers.append(GroupsAuthorizer(config.allowed_groups))
     for authorizer in authorizers:
@@ -112,6 +123,23 @@ def build_components(
     upstreams = routing_table(config, reactor, factory=upstream_factory)
     for upstream in upstreams:
         verifyObject(IUpstream, upstream)
+
+    credentials = Credentials(login_fallback=config.bearer_token_login_fallback)
+    if config.skip_jwt_bearer_tokens:
+        credentials.bearer = BearerVerifier.from_config(config, http_client, reactor)
+    if config.htpasswd_file:
+        # bcrypt is slow on purpose: checks run in a pool of their own, off the reactor.
+        pool = ThreadPool(minthreads=0, maxthreads=4, name="oauthgate-htpasswd")
+        parts.append(_Part("password checks", pool.start, pool.stop))
+        htpasswd = Htpasswd(
+            config.htpasswd_file,
+            reactor,
+            run_blocking=in_thread_pool(reactor, pool),
+            user_groups=config.htpasswd_user_groups,
+            random=random,
+        )
+        parts.append(_Part("htpasswd file", htpasswd.start, htpasswd.stop))
+        credentials.htpasswd = htpasswd
 
     gate = Gate(
         config=config,
@@ -127,8 +155,28 @@ def build_components(
         clock=reactor,
         http_client=http_client,
         random=random,
+        access=AccessRules.from_config(config),
+        credentials=credentials,
     )
-    return Components(gate, provider, store, tuple(authorizers), tuple(upstreams))
+    return Components(gate, provider, store, tuple(authorizers), tuple(upstreams), tuple(parts))
+
+
+class _Part(Service):
+    """A background part as a child service, so the MultiService starts and stops it."""
+
+    def __init__(self, name: str, start: Callable[[], Any], stop: Callable[[], Any]) -> None:
+        self.name = name
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._start()
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        result = self._stop()
+        return Deferred.fromCoroutine(_wait(result)) if result is not None else None
 
 
 class OAuthGateService(MultiService):
@@ -137,6 +185,8 @@ class OAuthGateService(MultiService):
     def __init__(self, components: Components) -> None:
         MultiService.__init__(self)
         self.components = components
+        for part in components.parts:
+            part.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         try:
@@ -153,13 +203,7 @@ class OAuthGateService(MultiService):
 
     def startService(self) -> None:
         MultiService.startService(self)
-        start_store = getattr(self.components.store, "start", None)
-        if start_store is not None:
-            start_store()  # the Redis store connects (and reconnects by itself)
-        for authorizer in self.components.authorizers:
-            start = getattr(authorizer, "start", None)
-            if start is not None:
-                start()
+        # An optional provider hook: warm discovery so the first login is fast.
         warm = getattr(self.components.provider, "start", None)
         if warm is not None:
             d = Deferred.fromCoroutine(warm()) if _is_coroutine_fn(warm) else warm()
@@ -172,18 +216,11 @@ class OAuthGateService(MultiService):
                 )
 
     def stopService(self) -> Any:
-        for authorizer in self.components.authorizers:
-            stop = getattr(authorizer, "stop", None)
-            if stop is not None:
-                stop()
         d = MultiService.stopService(self)
         for upstream in self.components.upstreams:
-            close = getattr(upstream, "close", None)
+            close = getattr(upstream, "close", None)  # pooled upstreams drop idle connections
             if close is not None:
                 d.addBoth(lambda result, close=close: _after(close(), result))
-        stop_store = getattr(self.components.store, "stop", None)
-        if stop_store is not None:
-            d.addBoth(lambda result: _after(stop_store(), result))
         return d
 
 

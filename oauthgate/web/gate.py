@@ -8,7 +8,6 @@ allowed -> identity headers, then the upstream.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import os
 import secrets
@@ -41,12 +40,18 @@ from oauthgate.interfaces import (
     RequestInfo,
 )
 from oauthgate.providers.pkce import challenge, make_verifier
+from oauthgate.resource_metadata import (
+    metadata_url,
+    protected_resource_metadata,
+    www_authenticate,
+)
 from oauthgate.session import Session
 from oauthgate.sessions import cookies
 from oauthgate.sessions.cookies import CookieSettings
 from oauthgate.sessions.crypto import Sealer
 from oauthgate.upstreams.routing import route
 from oauthgate.upstreams.websocket import is_websocket_upgrade
+from oauthgate.web.access import AccessRules, Credentials, Identity
 from oauthgate.web.identity import IdentityHeaders, set_all
 from oauthgate.web.pages import Pages
 from oauthgate.web.redirects import RedirectValidator
@@ -88,8 +93,10 @@ def _arg(request: Request, name: bytes) -> str | None:
 
 
 def _wants_json(request: Request) -> bool:
+    """API clients and scripts: anything that does not accept HTML (as oauth2-proxy treats
+    non-browser clients) gets JSON and 401s, never a page or a redirect."""
     accept = _header(request, b"accept") or ""
-    return "application/json" in accept and "text/html" not in accept
+    return "text/html" not in accept
 
 
 @attrs.define
@@ -109,9 +116,12 @@ class Gate:
     clock: IReactorTime
     http_client: Any = None
     random: Callable[[int], bytes] = os.urandom
+    access: AccessRules | None = None
+    credentials: Credentials = attrs.field(factory=Credentials)
+    _rules: AccessRules = attrs.field(init=False)
+    _metadata_path: bytes | None = attrs.field(init=False)
     _refresher: Refresher = attrs.field(init=False)
     _csrf: CookieSettings = attrs.field(init=False)
-    _client_ip_header: bytes = attrs.field(init=False)
     _prefix: str = attrs.field(init=False)
     _own_cookie_prefix: str = attrs.field(init=False)
 
@@ -128,33 +138,30 @@ class Gate:
             samesite=samesite,
         )
         self._refresher = Refresher(self.provider, self.store, self.clock)
-        self._client_ip_header = self.config.real_client_ip_header.encode("latin-1")
+        self._rules = (
+            self.access if self.access is not None else AccessRules.from_config(self.config)
+        )
+        resource = self.config.protected_resource_metadata
+        self._metadata_path = urlsplit(metadata_url(resource)).path.encode() if resource else None
         self._prefix = self.config.proxy_prefix
         self._own_cookie_prefix = self.cookie.name
 
     # --- 1. client address -------------------------------------------------------------
 
     def client_ip(self, request: Request) -> str | None:
-        """The client's address: the peer, or with ``--reverse-proxy`` the configured header
-        (for X-Forwarded-For the right-most entry, the one the nearest proxy added)."""
-        if self.config.reverse_proxy:
-            raw = _header(request, self._client_ip_header)
-            if raw:
-                candidate = _ip(raw.split(",")[-1].strip())
-                if candidate is not None:
-                    return candidate
-        peer = request.getClientAddress()
-        return getattr(peer, "host", None)
+        """The client's address: the peer, or behind a trusted front proxy the one its
+        real-IP header names (see :class:`oauthgate.web.access.AccessRules`)."""
+        return self._rules.client_ip(request)
 
     def _scheme(self, request: Request) -> str:
-        if self.config.reverse_proxy:
+        if self._rules.trusted_peer(request):
             proto = _header(request, b"x-forwarded-proto")
             if proto in ("http", "https"):
                 return proto
         return "https" if request.isSecure() else "http"
 
     def _host(self, request: Request) -> str:
-        if self.config.reverse_proxy:
+        if self._rules.trusted_peer(request):
             forwarded = _header(request, b"x-forwarded-host")
             if forwarded:
                 return forwarded
@@ -175,6 +182,8 @@ class Gate:
             return await self._ready(request)
         if path == "/robots.txt":
             return self._text(request, 200, _ROBOTS)
+        if self._metadata_path is not None and request.path == self._metadata_path:
+            return self._resource_metadata(request)
 
         # 3. nobody may send what oauthgate injects
         self.identity.strip_from(request.requestHeaders)
@@ -258,26 +267,53 @@ class Gate:
 
     # --- /oauth2/auth, /oauth2/userinfo ------------------------------------------------
 
-    async def _auth(self, request: Request) -> None:
+    async def identify(self, request: Request) -> Identity:
+        """The request's session: a bearer JWT, then basic auth (htpasswd), then the cookie.
+        The first that yields a session wins."""
+        try:
+            found = await self.credentials.load(request)
+        except TokenError as e:
+            self._auth_log(request, None, "AuthFailure", f"bearer token refused: {e}")
+            raise AuthError(403, "invalid_token", f"The bearer token was refused: {e}.") from None
+        if found is not None and found.session is not None:
+            self._note(request, found.session, found.method)
+            return found
+        refused = found.refused if found is not None else None
+        if refused is not None:
+            self._auth_log(request, None, "AuthFailure", f"credentials refused: {refused}")
         session = await self.authenticate(request)
+        if session is not None:
+            self._note(request, session, "cookie session")
+            return Identity(session, "cookie session", refused)
+        return Identity(None, "", refused)
+
+    def _note(self, request: Request, session: Session | None, how: str) -> None:
+        self._set_user(request, (session.email or session.user) if session else "")
+        request.oauthgate_via = how  # type: ignore[attr-defined]
+
+    async def _auth(self, request: Request) -> None:
+        identity = await self.identify(request)
+        session = identity.session
+        skip = self._rules.skip_reason(request)
         if session is None:
-            self._set_user(request, "")
+            if skip is not None:
+                self._note(request, None, skip)
+                return self._empty(request, 202)
+            self._challenge(request, identity)
             return self._text(request, 401, b"Unauthorized")
-        self._set_user(request, session.email or session.user)
         reason = await self.authorize(request, session)
-        if reason is not None:
+        if reason is not None and skip is None:
             self._auth_log(request, session, "AuthFailure", reason)
             return self._text(request, 401, b"Unauthorized")
         constraint = check_query_constraints(request.args, session)
         if not constraint.allowed:
             return self._text(request, 403, b"Forbidden")
-        set_all(request.responseHeaders, self.identity.response(session, tokens=True))
-        request.setResponseCode(202)
-        request.setHeader(b"content-length", b"0")
-        request.finish()
+        if reason is None:
+            set_all(request.responseHeaders, self.identity.response(session, tokens=True))
+        self._empty(request, 202)
 
     async def _userinfo(self, request: Request) -> None:
-        session = await self.authenticate(request)
+        session = (await self.identify(request)).session
         if session is None or await self.authorize(request, session) is not None:
             return self._json(request, 401, {"error": "unauthorized"})
         body: dict[str, Any] = {"user": session.user, "email": session.email}
@@ -290,30 +326,46 @@ class Gate:
     # --- proxy -------------------------------------------------------------------------
 
     async def _proxy(self, request: Request) -> None:
-        session = await self.authenticate(request)
-        if session is None:
-            return await self._need_login(request)
-        user = session.email or session.user
-        self._set_user(request, user)
-        reason = await self.authorize(request, session)
-        if reason is not None:
-            self._auth_log(request, session, "AuthFailure", reason)
-            cookies.clear(request, self.cookie)
-            raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
-        constraint = check_query_constraints(request.args, session)
-        if not constraint.allowed:
-            raise AuthError(403, "access_denied", constraint.reason or "Forbidden")
+        identity = await self.identify(request)
+        session = identity.session
+        skip = self._rules.skip_reason(request)
+        inject: list[tuple[bytes, bytes]] = []
+        if skip is not None:
+            # Through without a login; a session that happens to be there (and may pass)
+            # still gives the upstream its identity.
+            if session is None or await self.authorize(request, session) is not None:
+                self._note(request, None, skip)
+            else:
+                inject = self.identity.upstream(session, request.requestHeaders)
+        else:
+            if session is None:
+                return await self._need_login(request, identity)
+            reason = await self.authorize(request, session)
+            if reason is not None:
+                self._auth_log(
+                    request,
+                    session,
+                    "AuthFailure",
+                    f"{reason} ({getattr(request, 'oauthgate_via', '')})",
+                )
+                if identity.method == "cookie session":
+                    cookies.clear(request, self.cookie)
+                raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
+            constraint = check_query_constraints(request.args, session)
+            if not constraint.allowed:
+                raise AuthError(403, "access_denied", constraint.reason or "Forbidden")
+            set_all(request.responseHeaders, self.identity.response(session, tokens=False))
+            inject = self.identity.upstream(session, request.requestHeaders)
         upstream = self._upstream_for(request)
         if upstream is None:
             raise AuthError(404, "not_found", "No upstream serves this path.")
         self._strip_own_cookies(request)
-        if not self.config.reverse_proxy:
+        if not self._rules.trusted_peer(request):
             # Only a trusted front proxy may say where the request came from; the upstream
             # gets these from oauthgate itself.
             for name in _FORWARDING:
                 request.requestHeaders.removeHeader(name)
-        set_all(request.responseHeaders, self.identity.response(session, tokens=False))
-        await upstream.forward(request, self.identity.upstream(session, request.requestHeaders))
+        await upstream.forward(request, inject)
 
     def _upstream_for(self, request: Request) -> IUpstream | None:
         # The routing table (upstreams/routing.py) also rewrites paths and answers the
@@ -341,9 +393,15 @@ class Gate:
         else:
             request.requestHeaders.removeHeader(b"cookie")
 
-    async def _need_login(self, request: Request) -> None:
-        # A WebSocket client cannot follow a sign-in page: 401, and no upgrade.
-        if self.config.force_json_errors or _wants_json(request) or is_websocket_upgrade(request):
+    async def _need_login(self, request: Request, identity: Identity) -> None:
+        # API clients, scripts and WebSocket clients cannot follow a sign-in page: 401.
+        if (
+            self.config.force_json_errors
+            or _wants_json(request)
+            or self._rules.is_api(request)
+            or is_websocket_upgrade(request)
+        ):
+            self._challenge(request, identity)
             return self._json(request, 401, {})
         redirect = self.redirects.sanitize(request.uri.decode("utf-8", "replace"))
         for name, value in _NO_CACHE:
@@ -351,6 +409,31 @@ class Gate:
         if self.config.skip_provider_button:
             return await self._begin_login(request, redirect)
         self._html(request, 403, self.pages.render_sign_in(redirect))
+
+    def _challenge(self, request: Request, identity: Identity) -> None:
+        """Tell a bearer client where to log in (RFC 9728), and why its token was refused."""
+        resource = self.config.protected_resource_metadata
+        if not resource:
+            return
+        value = www_authenticate(
+            metadata_url(resource),
+            error="invalid_token" if identity.refused else None,
+            description=identity.refused,
+        )
+        request.responseHeaders.setRawHeaders(b"www-authenticate", [value])
+
+    def _resource_metadata(self, request: Request) -> None:
+        resource = self.config.protected_resource_metadata
+        issuer = self.config.oidc_issuer_url
+        self._json(
+            request,
+            200,
+            protected_resource_metadata(
+                resource,
+                [issuer] if issuer else [],
+                [s for s in self.config.scope.split() if s],
+            ),
+        )
 
     # --- sign in / start / callback / sign out ----------------------------------------
 
@@ -370,9 +453,36 @@ class Gate:
         # A fresh sign-in never carries an old session along (session fixation).
         cookies.clear(request, self.cookie)
         redirect = self._requested_redirect(request)
+        if request.method == b"POST" and self.credentials.htpasswd is not None:
+            return await self._password_sign_in(request, redirect)
         if self.config.skip_provider_button:
             return await self._begin_login(request, redirect)
         self._html(request, 200, self.pages.render_sign_in(redirect))
+
+    async def _password_sign_in(self, request: Request, redirect: str) -> None:
+        """The sign-in page's username/password form, checked against ``--htpasswd-file``."""
+        assert self.credentials.htpasswd is not None
+        user = _arg(request, b"username") or ""
+        password = _arg(request, b"password") or ""
+        if not user:
+            page = self.pages.render_sign_in(redirect, message="Enter a user name.")
+            return self._html(request, 400, page)
+        session = await self.credentials.htpasswd.authenticate(user, password)
+        if session is None:
+            self._auth_log(
+                request, None, "AuthFailure", f"wrong password for htpasswd user {user!r}"
+            )
+            page = self.pages.render_sign_in(redirect, message="Wrong user name or password.")
+            return self._html(request, 401, page)
+        session = attrs.evolve(session, created_at=self.clock.seconds())
+        self._note(request, session, f"htpasswd user {user!r}")
+        reason = await self.authorize(request, session)
+        if reason is not None:
+            self._auth_log(request, session, "AuthFailure", reason)
+            raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
+        cookies.write_value(request, self.cookie, await self.store.save(session, None))
+        self._auth_log(request, session, "AuthSuccess", "authenticated via the htpasswd form")
+        self._redirect(request, redirect)
 
     async def _start(self, request: Request) -> None:
         await self._begin_login(request, self._requested_redirect(request))
@@ -566,6 +676,11 @@ class Gate:
         request.write(body)
         request.finish()
 
+    def _empty(self, request: Request, code: int) -> None:
+        request.setResponseCode(code)
+        request.setHeader(b"content-length", b"0")
+        request.finish()
+
     def _text(self, request: Request, code: int, body: bytes) -> None:
         self._answer(request, code, b"text/plain; charset=utf-8", body)
 
@@ -623,20 +738,6 @@ def _to_origin_form(request: Request) -> None:
 
 def _is_own_suffix(suffix: bytes) -> bool:
     return suffix == b"csrf" or suffix.isdigit()
-
-
-def _ip(text: str) -> str | None:
-    """``text`` as an IP address (``host:port`` and ``[v6]:port`` forms accepted), or None.
-    Anything else is not an address, whatever a client put in the header."""
-    candidate = text.strip()
-    if candidate.startswith("["):
-        candidate = candidate[1:].split("]", 1)[0]
-    elif candidate.count(":") == 1:
-        candidate = candidate.split(":", 1)[0]
-    try:
-        return str(ipaddress.ip_address(candidate))
-    except ValueError:
-        return None
 
 
 def _token(random: Callable[[int], bytes]) -> str:
