@@ -20,6 +20,7 @@ from oauthgate.config.durations import format_duration
 from oauthgate.config.headers import TOKEN_CLAIMS
 from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError
+from oauthgate.rules import ApiRoutes, TrustedIPs, compile_skip_rules
 from oauthgate.sessions.crypto import decode_secret
 from oauthgate.sessions.redis_client import redis_problems
 
@@ -83,6 +84,7 @@ def validate(config: Config) -> list[str]:
     _check_urls(config, problems)
     _check_upstreams(config, problems)
     _check_authorization(config, problems)
+    _check_access(config, problems)
     _check_server(config, problems)
     _check_pages(config, problems)
     if problems:
@@ -340,7 +342,7 @@ def _upstream_url_problems(url: str) -> list[str]:
 
 
 def _check_authorization(config: Config, problems: list[str]) -> None:
-    if not config.email_domains and not config.authenticated_emails_file:
+    if not (config.email_domains or config.authenticated_emails_file or config.htpasswd_file):
         problems.append(
             "email_domains: give at least one email domain (* allows any) or an "
             "authenticated_emails_file"
@@ -364,6 +366,49 @@ def _check_authorization(config: Config, problems: list[str]) -> None:
             f"real_client_ip_header: must be one of {', '.join(REAL_CLIENT_IP_HEADERS)}, "
             f"got {config.real_client_ip_header!r}"
         )
+
+
+def _check_access(config: Config, problems: list[str]) -> None:
+    """Skip-auth and API routes, trusted networks, JWT issuers, the htpasswd file and the
+    protected resource, parsed as the gate will parse them when it is built."""
+    from oauthgate.authz.bearer import parse_extra_jwt_issuers  # it imports the providers
+
+    try:
+        compile_skip_rules(
+            config.skip_auth_routes, config.skip_auth_regex, config.skip_auth_preflight
+        )
+    except ConfigError as e:
+        problems.extend(e.problems)
+    try:
+        ApiRoutes.parse(config.api_routes)
+    except ValueError as e:
+        problems.append(f"api_routes: {e}")
+    for key in ("trusted_ips", "trusted_proxy_ips"):
+        try:
+            TrustedIPs.parse(getattr(config, key))
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+    try:
+        issuers = parse_extra_jwt_issuers(config.extra_jwt_issuers)
+    except ValueError as e:
+        problems.append(f"extra_jwt_issuers: {e}")
+    else:
+        if config.skip_jwt_bearer_tokens and not (config.oidc_issuer_url or issuers):
+            problems.append(
+                "skip_jwt_bearer_tokens: needs an issuer to trust: oidc_issuer_url or "
+                "extra_jwt_issuers (issuer=audience)"
+            )
+    path = config.htpasswd_file
+    if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        problems.append(f"htpasswd_file: {path!r} does not exist or is not a readable file")
+    resource = config.protected_resource_metadata
+    if resource:
+        parts = _http_url(resource)
+        if parts is None or parts.fragment or "#" in resource:
+            problems.append(
+                "protected_resource_metadata: must be an absolute https:// (or http://) URL "
+                f"without a fragment, e.g. https://api.example.com, got {_shown(resource)!r}"
+            )
 
 
 def _check_server(config: Config, problems: list[str]) -> None:
@@ -460,6 +505,12 @@ def _warnings(config: Config) -> list[str]:
         warnings.append(
             "cookie_secure is on but redirect_url is http://: the browser will not send the "
             "Secure cookie over http, so logins will fail; use https or --cookie-secure=false"
+        )
+    if config.trusted_ips and config.reverse_proxy and not config.trusted_proxy_ips:
+        warnings.append(
+            f"trusted_ips with reverse_proxy and no trusted_proxy_ips: any client that reaches "
+            f"oauthgate can claim a trusted address in {config.real_client_ip_header} and skip "
+            "the login; set trusted_proxy_ips to your front proxies' addresses"
         )
     for key, consequence in _INSECURE_OPTIONS.items():
         if getattr(config, key):

@@ -92,30 +92,39 @@ class AccessRules:
         return peer is None or self.trusted_proxies.contains(peer)
 
     def client_ip(self, request: Request) -> str | None:
-        """The client's address: the peer, or behind a trusted front proxy what its header
-        says (for X-Forwarded-For the right-most address that is not a trusted proxy)."""
+        """The client's address for logs: the peer, or behind a trusted front proxy what
+        its header says (for X-Forwarded-For the right-most address that is not a trusted
+        proxy); the peer when the header is missing or unreadable."""
+        found = self._forwarded_client(request)
+        return found if found is not None else self.peer(request)
+
+    def _forwarded_client(self, request: Request) -> str | None:
+        """The client address a trusted front proxy reports; the peer when it is no trusted
+        proxy; None when a trusted proxy sent no usable address (then nobody is the
+        client: the proxy's own address must never count as a trusted client)."""
         peer = self.peer(request)
         if not self.trusted_peer(request):
             return peer
         values = request.requestHeaders.getRawHeaders(self.client_ip_header) or []
         joined = ",".join(v.decode("latin-1") for v in values) or None
-        found = client_address(
+        return client_address(
             peer,
             joined,
             reverse_proxy=True,
             header_name=self.client_ip_header_name,
             trusted_proxies=self.trusted_proxies,
         )
-        return found if found is not None else peer
 
-    def skip_reason(self, request: Request) -> str | None:
+    def skip_reason(self, request: Request, *, forwarded: bool = False) -> str | None:
         """Why this request needs no login (a route rule, a trusted IP), or None.
 
-        The path matched is the request's own, or for ``/oauth2/auth`` behind a trusted
-        front proxy the original request's (``X-Forwarded-Uri``/``-Method``)."""
+        The path matched is the request's own. Only for ``/oauth2/auth`` (``forwarded``),
+        behind a trusted front proxy, it is the original request's
+        (``X-Forwarded-Uri``/``-Method``): on a proxied request that header would let a
+        client choose which rule its request is judged by."""
         method = request.method.decode("ascii", "replace")
         target: str | bytes = request.uri
-        if self.trusted_peer(request):
+        if forwarded and self.trusted_peer(request):
             forwarded_uri = header(request, b"x-forwarded-uri")
             if forwarded_uri:
                 target = forwarded_uri
@@ -123,7 +132,7 @@ class AccessRules:
         rule = self.skip.matches(method, target)
         if rule is not None:
             return f"skip-auth route {rule.text!r}"
-        ip = self.client_ip(request)
+        ip = self._forwarded_client(request)
         if ip is not None and self.trusted_ips.contains(ip):
             return f"trusted IP {ip}"
         return None

@@ -287,6 +287,14 @@ class Gate:
             return Identity(session, "cookie session", refused)
         return Identity(None, "", refused)
 
+    def _log_credential(self, request: Request, identity: Identity) -> None:
+        """A bearer token or basic-auth user lets a request in: say so (the cookie session
+        was logged once, at login)."""
+        if identity.session is not None and identity.method != "cookie session":
+            self._auth_log(
+                request, identity.session, "AuthSuccess", f"authenticated via {identity.method}"
+            )
+
     def _note(self, request: Request, session: Session | None, how: str) -> None:
         self._set_user(request, (session.email or session.user) if session else "")
         request.oauthgate_via = how  # type: ignore[attr-defined]
@@ -294,10 +302,11 @@ class Gate:
     async def _auth(self, request: Request) -> None:
         identity = await self.identify(request)
         session = identity.session
-        skip = self._rules.skip_reason(request)
+        skip = self._rules.skip_reason(request, forwarded=True)
         if session is None:
             if skip is not None:
                 self._note(request, None, skip)
+                self._auth_log(request, None, "AuthSuccess", f"allowed by {skip}")
                 return self._empty(request, 202)
             self._challenge(request, identity)
             return self._text(request, 401, b"Unauthorized")
@@ -309,6 +318,7 @@ class Gate:
         if not constraint.allowed:
             return self._text(request, 403, b"Forbidden")
         if reason is None:
+            self._log_credential(request, identity)
             set_all(request.responseHeaders, self.identity.response(session, tokens=True))
         self._empty(request, 202)
 
@@ -337,6 +347,7 @@ class Gate:
                 self._note(request, None, skip)
             else:
                 inject = self.identity.upstream(session, request.requestHeaders)
+            self._auth_log(request, session, "AuthSuccess", f"allowed by {skip}")
         else:
             if session is None:
                 return await self._need_login(request, identity)
@@ -354,6 +365,7 @@ class Gate:
             constraint = check_query_constraints(request.args, session)
             if not constraint.allowed:
                 raise AuthError(403, "access_denied", constraint.reason or "Forbidden")
+            self._log_credential(request, identity)
             set_all(request.responseHeaders, self.identity.response(session, tokens=False))
             inject = self.identity.upstream(session, request.requestHeaders)
         upstream = self._upstream_for(request)
@@ -431,9 +443,16 @@ class Gate:
             protected_resource_metadata(
                 resource,
                 [issuer] if issuer else [],
-                [s for s in self.config.scope.split() if s],
+                self._scopes(),
             ),
         )
+
+    def _scopes(self) -> list[str]:
+        """The scopes logins ask for (as the OIDC provider builds them)."""
+        scope = self.config.scope or (
+            "openid email profile" + (" groups" if self.config.allowed_groups else "")
+        )
+        return scope.split()
 
     # --- sign in / start / callback / sign out ----------------------------------------
 
@@ -661,11 +680,11 @@ class Gate:
         if not self.config.auth_logging:
             return
         self.log.info(
-            "{client} - {user} [{status}] {message}",
+            "{client} - {user} [{status}] {reason}",
             client=self.client_ip(request) or "-",
             user=(session.email or session.user) if session else "-",
             status=status,
-            message=message,
+            reason=message,
             log_category="auth",
         )
 
@@ -808,7 +827,7 @@ class GateResource(Resource):
             self._gate.render_error(request, error)
             return
         if isinstance(error, StoreUnavailable):
-            self.log.error("Session store unavailable: {message}", message=str(error))
+            self.log.error("Session store unavailable: {reason}", reason=str(error))
             self._gate.render_error(
                 request,
                 AuthError(
@@ -819,7 +838,7 @@ class GateResource(Resource):
             )
             return
         if isinstance(error, ProviderError):
-            self.log.error("Identity provider error: {message}", message=str(error))
+            self.log.error("Identity provider error: {reason}", reason=str(error))
             self._gate.render_error(
                 request,
                 AuthError(
@@ -830,7 +849,7 @@ class GateResource(Resource):
             )
             return
         if isinstance(error, UpstreamError):
-            self.log.warn("Upstream error: {message}", message=str(error))
+            self.log.warn("Upstream error: {reason}", reason=str(error))
             message = (
                 "The upstream server did not answer in time."
                 if error.status == 504

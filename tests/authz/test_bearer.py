@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import jwt
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm
 from twisted.internet.task import Clock
@@ -312,6 +313,23 @@ class RejectionTests(BearerTestCase):
             claims,
         )
         self.assertEqual(self.code(self.verifier(), token), "alg_mismatch")
+
+    def test_keys_the_token_brings_along_are_never_used(self) -> None:
+        """A ``jwk`` or ``jku`` header names the attacker's key: only the issuer's JWKS counts."""
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        rogue = ec.generate_private_key(ec.SECP256R1())
+        claims = {"iss": IDP, "aud": CLIENT_ID, "sub": "1001", "exp": int(T0) + 60}
+        embedded = json.loads(ECAlgorithm.to_jwk(rogue.public_key()))
+        table = [
+            ({"kid": self.idp.signing_kid, "jwk": embedded}, "bad_signature"),
+            ({"jwk": embedded}, "bad_signature"),  # no kid: the issuer's one key is tried
+            ({"kid": "evil", "jku": "https://other.test/jwks"}, "unknown_kid"),
+        ]
+        for headers, code in table:
+            token = jwt.encode(claims, rogue, algorithm="ES256", headers=headers)
+            self.assertEqual(self.code(self.verifier(), token), code, headers)
+        self.assertEqual(self.other_log.paths, [])
 
     def test_other_algorithm_than_the_keys_is_refused(self) -> None:
         claims = {"iss": IDP, "aud": CLIENT_ID, "sub": "1001", "exp": int(T0) + 60}

@@ -397,6 +397,35 @@ class ReloadTests(HtpasswdTestCase):
             Htpasswd(self.path, self.clock, run_blocking=self.runner)
 
 
+class FileFormatTests(HtpasswdTestCase):
+    def test_a_file_written_on_windows_is_read(self) -> None:
+        """A UTF-8 byte order mark and CRLF line ends, as Windows editors save files."""
+        with open(self.path, "wb") as f:
+            f.write(f"\ufeffalice:{ALICE_HASH}\r\nbob:{BOB_HASH}\r\n".encode())
+        db = Htpasswd(self.path, self.clock, run_blocking=self.runner)
+        self.assertEqual(db.users, {"alice", "bob"})
+        self.assertTrue(self.check(db, "alice", "alice-pw"))
+        self.assertTrue(self.check(db, "bob", "bob-pw"))
+
+    def test_bcrypt_and_sha_entries_live_side_by_side(self) -> None:
+        db = self.db(
+            "# mixed formats",
+            f"alice:{ALICE_HASH}",
+            f"bob:{BOB_HASH}",
+            "carol:plain-text",
+            f"dave:{bcrypt_hash('dave-pw', '$2y$')}",
+        )
+        self.assertEqual(db.users, {"alice", "bob", "dave"})
+        table = [
+            ("alice", "alice-pw", True),
+            ("bob", "bob-pw", True),
+            ("carol", "plain-text", False),
+            ("dave", "dave-pw", True),
+        ]
+        for user, password, expected in table:
+            self.assertEqual(self.check(db, user, password), expected, user)
+
+
 class AuthenticateTests(HtpasswdTestCase):
     def test_session_carries_the_user_and_the_configured_groups(self) -> None:
         db = self.db(f"alice:{ALICE_HASH}", user_groups=["ops", "", "devs"])

@@ -393,6 +393,115 @@ class AuthorizationRuleTests(ValidateTestCase):
         )
 
 
+class AccessRuleTests(ValidateTestCase):
+    def htpasswd_file(self) -> str:
+        directory = make_directory(self, {"users": "carol:{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M=\n"})
+        return os.path.join(directory, "users")
+
+    def test_good_access_rules_are_valid(self) -> None:
+        self.assertValid(
+            skip_auth_routes=("^/public/", "GET=^/status$", "POST!=^/admin", "=^/a?b=c"),
+            skip_auth_regex=("^/health",),
+            skip_auth_preflight=True,
+            api_routes=("^/api/",),
+            trusted_ips=("10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1"),
+            trusted_proxy_ips=("127.0.0.1",),
+            skip_jwt_bearer_tokens=True,
+            extra_jwt_issuers=("https://issuer.example.com=api://orders",),
+            htpasswd_file=self.htpasswd_file(),
+            protected_resource_metadata="https://api.example.com/v1",
+        )
+
+    def test_bad_skip_auth_regexes_are_named(self) -> None:
+        problems = self.problems(
+            skip_auth_routes=("GET=^/ok", "GET=(", "^/a?b=c"), skip_auth_regex=("[",)
+        )
+        self.assertEqual(len(problems), 3, problems)
+        self.assertTrue(
+            problems[0].startswith("skip_auth_routes: GET=(: error compiling regex /(/: "),
+            problems,
+        )
+        self.assertTrue(problems[1].startswith("skip_auth_routes: ^/a?b=c: "), problems)
+        self.assertIn("'=^/a?b=c'", problems[1])
+        self.assertTrue(
+            problems[2].startswith("skip_auth_regex: [: error compiling regex /[/: "), problems
+        )
+
+    def test_bad_api_routes_are_named(self) -> None:
+        (problem,) = self.problems(api_routes=("^/api/", "(unclosed"))
+        self.assertTrue(
+            problem.startswith("api_routes: error compiling regex /(unclosed/: "), problem
+        )
+
+    def test_bad_trusted_ips_and_proxies_are_named(self) -> None:
+        problems = self.problems(
+            trusted_ips=("10.0.0.1/24", "not-an-ip"), trusted_proxy_ips=("[::1]",)
+        )
+        self.assertEqual(
+            [p.partition(":")[0] for p in problems], ["trusted_ips", "trusted_proxy_ips"]
+        )
+        self.assertIn("'10.0.0.1/24'", problems[0])
+        self.assertIn("'not-an-ip'", problems[0])
+        self.assertIn("'[::1]'", problems[1])
+
+    def test_bad_extra_jwt_issuers_are_named(self) -> None:
+        (problem,) = self.problems(
+            extra_jwt_issuers=("https://ok.example.com=aud", "no-equals", "ftp://x=aud")
+        )
+        self.assertTrue(problem.startswith("extra_jwt_issuers: "), problem)
+        self.assertIn("'no-equals': expected issuer=audience", problem)
+        self.assertIn("'ftp://x=aud': the issuer must be an http(s) URL", problem)
+
+    def test_bearer_tokens_need_an_issuer_to_trust(self) -> None:
+        self.assertProblem(
+            "skip_jwt_bearer_tokens: needs an issuer to trust: oidc_issuer_url or "
+            "extra_jwt_issuers (issuer=audience)",
+            skip_jwt_bearer_tokens=True,
+            oidc_issuer_url="",
+            skip_oidc_discovery=True,
+            login_url="https://idp.example.com/auth",
+            redeem_url="https://idp.example.com/token",
+            oidc_jwks_url="https://idp.example.com/jwks",
+        )
+
+    def test_the_htpasswd_file_must_be_readable(self) -> None:
+        missing = os.path.join(os.path.dirname(self.htpasswd_file()), "missing")
+        self.assertProblem(
+            f"htpasswd_file: {missing!r} does not exist or is not a readable file",
+            htpasswd_file=missing,
+        )
+
+    def test_a_htpasswd_file_replaces_email_domains(self) -> None:
+        """oauth2-proxy's rule: email domains, an emails file or a htpasswd file."""
+        self.assertValid(email_domains=(), htpasswd_file=self.htpasswd_file())
+
+    def test_protected_resource_metadata_is_an_absolute_http_url(self) -> None:
+        for good in (
+            "https://api.example.com",
+            "https://api.example.com/v1",
+            "http://127.0.0.1:4180",
+        ):
+            self.assertValid(protected_resource_metadata=good)
+        for bad in ("api.example.com", "/v1", "ftp://api.example.com", "https://", "https://a/#x"):
+            self.assertProblem(
+                "protected_resource_metadata: must be an absolute https:// (or http://) URL "
+                f"without a fragment, e.g. https://api.example.com, got {bad!r}",
+                protected_resource_metadata=bad,
+            )
+
+    def test_access_problems_come_with_the_others_in_one_error(self) -> None:
+        problems = self.problems(
+            client_id="",
+            skip_auth_routes=("(",),
+            trusted_ips=("x",),
+            htpasswd_file="/nonexistent/htpasswd",
+        )
+        self.assertEqual(
+            [p.partition(":")[0] for p in problems],
+            ["client_id", "skip_auth_routes", "trusted_ips", "htpasswd_file"],
+        )
+
+
 class ServerRuleTests(ValidateTestCase):
     def test_proxy_prefix(self) -> None:
         self.assertValid(proxy_prefix="/auth/oauth2")
@@ -599,6 +708,24 @@ class WarningTests(ValidateTestCase):
             ),
             [],
         )
+
+    def test_trusted_ips_behind_a_proxy_without_trusted_proxies_are_warned_about(self) -> None:
+        """Any client could then name a trusted address in the real-IP header."""
+        redirect = {"redirect_url": "https://app.example.com/oauth2/callback"}
+        self.assertEqual(
+            self.assertValid(trusted_ips=("10.0.0.0/8",), reverse_proxy=True, **redirect),
+            [
+                "trusted_ips with reverse_proxy and no trusted_proxy_ips: any client that "
+                "reaches oauthgate can claim a trusted address in X-Real-IP and skip the "
+                "login; set trusted_proxy_ips to your front proxies' addresses"
+            ],
+        )
+        for changes in (
+            {"trusted_ips": ("10.0.0.0/8",), "trusted_proxy_ips": ("192.0.2.1",)},
+            {"trusted_ips": ("10.0.0.0/8",), "reverse_proxy": False},
+            {"trusted_ips": ()},
+        ):
+            self.assertEqual(self.assertValid(**{"reverse_proxy": True, **redirect, **changes}), [])
 
     def test_insecure_options_are_warned_about(self) -> None:
         warnings = self.assertValid(
