@@ -155,6 +155,12 @@ class Config:
     allowed_groups: tuple[str, ...] = _opt(
         (), "only users in at least one of these groups may pass", flag="allowed-group"
     )
+    allowed_roles: tuple[str, ...] = _opt(
+        (),
+        "keycloak-oidc only: users with at least one of these roles may pass (a realm "
+        "role, or client:role for a client role)",
+        flag="allowed-role",
+    )
     backend_logout_url: str = _opt(
         "", "URL called (GET) on sign-out; {id_token} is replaced by the session's id_token"
     )

@@ -171,6 +171,11 @@ def _check_provider(config: Config, problems: list[str]) -> None:
             f"code_challenge_method: must be S256, plain or empty, "
             f"got {config.code_challenge_method!r}"
         )
+    if [r for r in config.allowed_roles if r.strip()] and config.provider != "keycloak-oidc":
+        problems.append(
+            f"allowed_roles: only provider keycloak-oidc has roles, the provider is "
+            f"{config.provider!r}; use allowed_groups instead"
+        )
     if config.provider == "oidc":
         if config.skip_oidc_discovery:
             for key in ("login_url", "redeem_url", "oidc_jwks_url"):
