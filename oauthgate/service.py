@@ -30,6 +30,7 @@ from oauthgate.errors import ConfigError
 from oauthgate.interfaces import IAuthorizer, IProvider, ISessionStore, IUpstream
 from oauthgate.plugins import Plugins
 from oauthgate.pool import persistent_pool
+from oauthgate.providers.keycloak import role_groups
 from oauthgate.sessions.cookie_store import CookieSessionStore
 from oauthgate.sessions.cookies import CookieSettings
 from oauthgate.sessions.crypto import Sealer, decode_secret
@@ -113,8 +114,10 @@ def build_components(
     emails = EmailAuthorizer.from_config(config, reactor)
     parts.append(_Part("emails file", emails.start, emails.stop))
     authorizers: list[IAuthorizer] = [emails]
-    if [g for g in config.allowed_groups if g]:
-        authorizers.append(GroupsAuthorizer(config.allowed_groups))
+    # --allowed-role (keycloak-oidc) admits the groups role:<role>, as in oauth2-proxy.
+    allowed_groups = (*config.allowed_groups, *role_groups(config.allowed_roles))
+    if [g for g in allowed_groups if g]:
+        authorizers.append(GroupsAuthorizer(allowed_groups))
     for authorizer in authorizers:
         verifyObject(IAuthorizer, authorizer)
 
@@ -126,7 +129,10 @@ def build_components(
 
     credentials = Credentials(login_fallback=config.bearer_token_login_fallback)
     if config.skip_jwt_bearer_tokens:
-        credentials.bearer = BearerVerifier.from_config(config, http_client, reactor)
+        # An optional provider hook: groups a bearer JWT of its issuer adds (keycloak roles).
+        credentials.bearer = BearerVerifier.from_config(
+            config, http_client, reactor, provider_groups=getattr(provider, "bearer_groups", None)
+        )
     if config.htpasswd_file:
         # bcrypt is slow on purpose: checks run in a pool of their own, off the reactor.
         pool = ThreadPool(minthreads=0, maxthreads=4, name="oauthgate-htpasswd")

@@ -15,7 +15,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -41,6 +41,9 @@ __all__ = [
     "parse_extra_jwt_issuers",
     "provider_issuer",
 ]
+
+GroupsHook = Callable[[Mapping[str, Any]], Sequence[str]]
+"""Extra groups for a verified token, from its claims (keycloak-oidc: its roles)."""
 
 JWT_PATTERN = re.compile(r"ey[a-zA-Z0-9_-]*\.ey[a-zA-Z0-9_-]*\.[a-zA-Z0-9_-]+\Z")
 """What a bearer JWT looks like (oauth2-proxy's pattern): anything else is not one."""
@@ -99,11 +102,13 @@ class TrustedIssuer:
 
     ``jwks_url`` empty: found by discovery at ``<issuer>/.well-known/openid-configuration``,
     falling back to ``<issuer>/.well-known/jwks.json`` when discovery fails.
+    ``extra_groups``, when set, adds groups to its sessions from the verified claims.
     """
 
     issuer: str
     audiences: tuple[str, ...]
     jwks_url: str = ""
+    extra_groups: GroupsHook | None = attrs.field(default=None, eq=False)
 
 
 def parse_extra_jwt_issuers(entries: Iterable[str]) -> list[TrustedIssuer]:
@@ -278,6 +283,7 @@ class _IssuerKeys:
 class _Issuer:
     keys: _IssuerKeys
     audiences: frozenset[str]
+    extra_groups: GroupsHook | None = None
 
 
 class BearerVerifier:
@@ -326,16 +332,24 @@ class BearerVerifier:
                 )
                 known = _Issuer(keys, frozenset())
             self._issuers[name] = attrs.evolve(
-                known, audiences=known.audiences | set(trusted.audiences)
+                known,
+                audiences=known.audiences | set(trusted.audiences),
+                extra_groups=known.extra_groups or trusted.extra_groups,
             )
 
     @classmethod
     def from_config(
-        cls, config: Any, http_client: HTTPClient | HTTPClientLike, clock: IReactorTime
+        cls,
+        config: Any,
+        http_client: HTTPClient | HTTPClientLike,
+        clock: IReactorTime,
+        *,
+        provider_groups: GroupsHook | None = None,
     ) -> BearerVerifier:
         """The verifier ``skip_jwt_bearer_tokens`` asks for: the OIDC provider's issuer
         (see :func:`provider_issuer`) and every ``extra_jwt_issuers`` entry, with the
-        provider's audience, email and groups claim options.
+        provider's audience, email and groups claim options. ``provider_groups`` adds
+        groups to the sessions of the provider's own issuer (keycloak-oidc: roles).
 
         Raises:
             ConfigError: a bad ``extra_jwt_issuers`` entry, or no issuer at all.
@@ -343,7 +357,7 @@ class BearerVerifier:
         issuers: list[TrustedIssuer] = []
         own = provider_issuer(config)
         if own is not None:
-            issuers.append(own)
+            issuers.append(attrs.evolve(own, extra_groups=provider_groups))
         try:
             issuers.extend(parse_extra_jwt_issuers(config.extra_jwt_issuers))
         except ValueError as e:
@@ -410,7 +424,11 @@ class BearerVerifier:
             raise BearerTokenError("malformed", "the token is not a well-formed JWT") from None
         # The payload read before is the one the signature covers.
         self._check(unverified, issuer)
-        return self._session(unverified, token)
+        session = self._session(unverified, token)
+        if issuer.extra_groups is not None:
+            extra = issuer.extra_groups(unverified)
+            session = attrs.evolve(session, groups=tuple(dict.fromkeys((*session.groups, *extra))))
+        return session
 
     def _check(self, claims: Mapping[str, Any], issuer: _Issuer) -> None:
         # ``iss`` chose the issuer; the verified payload is the one it was read from.
