@@ -3,7 +3,8 @@
 Methods that do I/O return awaitables: a ``Deferred`` or a coroutine (``async def``)
 both satisfy them. Implementations are checked with ``verifyObject`` when the
 service is assembled. Plugins import only this module, :mod:`oauthgate.errors`,
-:mod:`oauthgate.session` and :mod:`oauthgate.testing`.
+:mod:`oauthgate.session`, :mod:`oauthgate.testing`, and the provider base classes
+:mod:`oauthgate.providers.oauth2` and :mod:`oauthgate.providers.oidc`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -14,6 +15,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent
 from twisted.web.server import Site
@@ -23,6 +25,8 @@ from oauthgate.authz.bearer import BearerVerifier
 from oauthgate.authz.emails import EmailAuthorizer
 from oauthgate.authz.groups import GroupsAuthorizer
 from oauthgate.authz.htpasswd import Htpasswd, in_thread_pool
+from oauthgate.authz.scoped import ProviderAuthorizer
+from oauthgate.config.alpha import ProviderConfig, provider_configs, without_provider_options
 from oauthgate.config.loader import DEMO_IDP_PORT, DEMO_UPSTREAM_PORT
 from oauthgate.config.options import Config
 from oauthgate.config.validate import listen_description
@@ -38,7 +42,7 @@ from oauthgate.sessions.redis_store import RedisSessionStore
 from oauthgate.tls import client_tls_policy
 from oauthgate.upstreams.build import routing_table
 from oauthgate.web.access import AccessRules, Credentials
-from oauthgate.web.gate import Gate, GateResource
+from oauthgate.web.gate import Gate, GateProvider, GateResource
 from oauthgate.web.identity import IdentityHeaders
 from oauthgate.web.pages import Pages
 from oauthgate.web.redirects import RedirectValidator
@@ -67,12 +71,15 @@ class Components:
 
     gate: Gate
     provider: IProvider
+    """The first identity provider (the only one, unless the alpha file lists several)."""
     store: ISessionStore
     authorizers: tuple[IAuthorizer, ...]
     upstreams: tuple[IUpstream, ...]
     parts: tuple[IService, ...] = ()
     """Background parts started and stopped with the service (file watchers, the Redis
     connection, the password-check thread pool), in start order."""
+    providers: Mapping[str, IProvider] = attrs.field(factory=dict)
+    """Every identity provider by id, in sign-in page order."""
 
 
 def build_components(
@@ -88,11 +95,20 @@ def build_components(
 
     Raises ConfigError or PluginError (both end start-up with a readable message).
     """
+    entries = provider_configs(config)
+    several = len(entries) > 1
+    injected = http_client is not None
     if http_client is None:
         http_client = provider_http_client(config, reactor)
-    factory = plugins.provider_factory(config.provider)
-    provider = factory.build(config, http_client, reactor)
-    verifyObject(IProvider, provider)
+    gate_providers: list[GateProvider] = []
+    for index, entry in enumerate(entries):
+        # Each further provider has TLS settings of its own (caFiles).
+        client = (
+            http_client if injected or index == 0 else provider_http_client(entry.config, reactor)
+        )
+        built = _build_provider(entry, plugins, client, reactor, several)
+        gate_providers.append(GateProvider(entry.id, built, entry.config))
+    provider = gate_providers[0].provider
 
     parts: list[IService] = []
     sealer = Sealer(decode_secret(config.cookie_secret), random=random)
@@ -114,10 +130,14 @@ def build_components(
     emails = EmailAuthorizer.from_config(config, reactor)
     parts.append(_Part("emails file", emails.start, emails.stop))
     authorizers: list[IAuthorizer] = [emails]
-    # --allowed-role (keycloak-oidc) admits the groups role:<role>, as in oauth2-proxy.
-    allowed_groups = (*config.allowed_groups, *role_groups(config.allowed_roles))
-    if [g for g in allowed_groups if g]:
-        authorizers.append(GroupsAuthorizer(allowed_groups))
+    if not several:
+        # One provider: its groups apply to every session (htpasswd and bearer too), as
+        # they always did. --allowed-role (keycloak-oidc) admits the groups role:<role>.
+        allowed_groups = (*config.allowed_groups, *role_groups(config.allowed_roles))
+        if [g for g in allowed_groups if g]:
+            authorizers.append(GroupsAuthorizer(allowed_groups))
+    for entry in entries:
+        authorizers.extend(_provider_rules(entry, reactor, several))
     for authorizer in authorizers:
         verifyObject(IAuthorizer, authorizer)
 
@@ -128,7 +148,20 @@ def build_components(
         verifyObject(IUpstream, upstream)
 
     credentials = Credentials(login_fallback=config.bearer_token_login_fallback)
-    if config.skip_jwt_bearer_tokens:
+    if config.skip_jwt_bearer_tokens and several:
+        # A bearer token is no login through a provider: the per-provider rules would not
+        # apply to it. With several providers only extra_jwt_issuers are trusted.
+        if not config.extra_jwt_issuers:
+            raise ConfigError(
+                [
+                    "skip_jwt_bearer_tokens: with several providers, list the issuers whose "
+                    "bearer tokens are accepted in extra_jwt_issuers (issuer=audience)"
+                ]
+            )
+        credentials.bearer = BearerVerifier.from_config(
+            without_provider_options(config), http_client, reactor
+        )
+    elif config.skip_jwt_bearer_tokens:
         # An optional provider hook: groups a bearer JWT of its issuer adds (keycloak roles).
         credentials.bearer = BearerVerifier.from_config(
             config, http_client, reactor, provider_groups=getattr(provider, "bearer_groups", None)
@@ -149,7 +182,7 @@ def build_components(
 
     gate = Gate(
         config=config,
-        provider=provider,
+        providers=tuple(gate_providers),
         store=store,
         sealer=sealer,
         cookie=CookieSettings.from_config(config),
@@ -157,14 +190,56 @@ def build_components(
         upstreams=upstreams,
         redirects=RedirectValidator.from_domains(config.whitelist_domains),
         identity=IdentityHeaders.from_config(config),
-        pages=Pages.from_config(config, str(provider.display_name)),
+        pages=Pages.from_config(
+            config,
+            str(provider.display_name),
+            providers=[(e.id, str(e.provider.display_name)) for e in gate_providers],
+        ),
         clock=reactor,
         http_client=http_client,
         random=random,
         access=AccessRules.from_config(config),
         credentials=credentials,
     )
-    return Components(gate, provider, store, tuple(authorizers), tuple(upstreams), tuple(parts))
+    return Components(
+        gate,
+        provider,
+        store,
+        tuple(authorizers),
+        tuple(upstreams),
+        tuple(parts),
+        MappingProxyType({e.id: e.provider for e in gate_providers}),
+    )
+
+
+def _build_provider(
+    entry: ProviderConfig, plugins: Plugins, http_client: Any, reactor: Any, several: bool
+) -> IProvider:
+    """The provider ``entry`` names, built by its plugin's factory and checked. With several
+    providers, each configuration problem is prefixed with the entry it is about."""
+    factory = plugins.provider_factory(entry.type)
+    try:
+        provider = factory.build(entry.config, http_client, reactor)
+    except ConfigError as e:
+        if not several:
+            raise
+        raise ConfigError([f"{entry.where} ({entry.id}): {line}" for line in e.problems]) from None
+    verifyObject(IProvider, provider)
+    return provider
+
+
+def _provider_rules(entry: ProviderConfig, reactor: Any, several: bool) -> list[IAuthorizer]:
+    """The rules that apply to ``entry``'s sessions only: its ``emailDomains`` (an oauthgate
+    extension) and, with several providers, its ``allowedGroups`` (and keycloak roles)."""
+    rules: list[IAuthorizer] = []
+    if [d for d in entry.email_domains if d.strip()]:
+        rules.append(EmailAuthorizer(entry.email_domains, reactor))
+    if several:
+        roles = role_groups(entry.config.allowed_roles) if entry.type == "keycloak-oidc" else ()
+        groups = (*entry.config.allowed_groups, *roles)
+        if [g for g in groups if g]:
+            rules.append(GroupsAuthorizer(groups))
+    return [ProviderAuthorizer(entry.id, rule) for rule in rules]
 
 
 class _Part(Service):
@@ -210,16 +285,14 @@ class OAuthGateService(MultiService):
     def startService(self) -> None:
         MultiService.startService(self)
         # An optional provider hook: warm discovery so the first login is fast.
-        warm = getattr(self.components.provider, "start", None)
-        if warm is not None:
+        providers = self.components.providers or {"": self.components.provider}
+        for provider_id, provider in providers.items():
+            warm = getattr(provider, "start", None)
+            if warm is None:
+                continue
             d = Deferred.fromCoroutine(warm()) if _is_coroutine_fn(warm) else warm()
             if isinstance(d, Deferred):
-                d.addErrback(
-                    lambda f: log.error(
-                        "Identity provider not reachable yet ({error}); will retry on first login",
-                        error=str(f.value),
-                    )
-                )
+                d.addErrback(_not_reachable_yet, provider_id)
 
     def stopService(self) -> Any:
         d = MultiService.stopService(self)
@@ -228,6 +301,14 @@ class OAuthGateService(MultiService):
             if close is not None:
                 d.addBoth(lambda result, close=close: _after(close(), result))
         return d
+
+
+def _not_reachable_yet(failure: Failure, provider_id: str) -> None:
+    log.error(
+        "Identity provider {provider} not reachable yet ({error}); will retry on first login",
+        provider=provider_id,
+        error=str(failure.value),
+    )
 
 
 async def _wait(awaitable: Any) -> None:

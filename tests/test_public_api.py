@@ -6,12 +6,15 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 import oauthgate.errors
 import oauthgate.interfaces
+import oauthgate.providers.oauth2
 import oauthgate.session
 import oauthgate.testing
+import oauthgate.testing.conformance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,16 +64,72 @@ class PublicAPITests(SynchronousTestCase):
                 "FakeIdP",
                 "GateTestCase",
                 "MemoryHTTPClient",
+                "ProviderConformance",
+                "ProviderSubject",
                 "StoredCookie",
                 "TokenRequest",
                 "TooManyRedirects",
                 "default_clients",
                 "default_users",
                 "memory_http_client",
+                "provider_config",
             ],
         )
         for name in oauthgate.testing.__all__:
             self.assertTrue(hasattr(oauthgate.testing, name), name)
+
+    def test_conformance(self) -> None:
+        self.assertEqual(
+            sorted(oauthgate.testing.conformance.__all__),
+            [
+                "CODE_CHALLENGE",
+                "NONCE",
+                "ProviderConformance",
+                "ProviderSubject",
+                "START",
+                "STATE",
+                "provider_config",
+            ],
+        )
+        self.assertEqual(
+            [f.name for f in attrs.fields(oauthgate.testing.ProviderSubject)],
+            [
+                "provider",
+                "http",
+                "code",
+                "redirect_uri",
+                "email",
+                "break_api",
+                "refreshes",
+                "nonce",
+                "code_verifier",
+            ],
+        )
+
+    def test_oauth2_base(self) -> None:
+        """Plugins subclass OAuth2Provider (the forgejo example does): its hooks are public."""
+        module = oauthgate.providers.oauth2
+        self.assertEqual(sorted(module.__all__), ["OAuth2Provider", "OAuth2ProviderFactory"])
+        for name in (
+            "id",
+            "default_display_name",
+            "default_login_url",
+            "default_redeem_url",
+            "default_profile_url",
+            "default_scope",
+            "client_auth",
+            "supports_refresh",
+            "check_config",
+            "identity",
+            "check_access",
+            "api_get",
+            "token_request",
+            "login_url",
+            "redeem_url",
+            "profile_url",
+            "scope",
+        ):
+            self.assertTrue(hasattr(module.OAuth2Provider, name), name)
 
 
 class PackagingTests(SynchronousTestCase):

@@ -859,3 +859,52 @@ class RealSocketTests(TestCase):
             self.assertIn("oauthgate demo upstream", response.text)
 
         return Deferred.fromCoroutine(login())
+
+
+class IssueCodeTests(IdPTestCase):
+    """FakeIdP.issue_code: a code as /authorize would send back, for tests without a browser."""
+
+    def test_an_issued_code_redeems_for_tokens_carrying_its_nonce(self) -> None:
+        code = self.idp.issue_code("alice", client_id=CLIENT_ID, redirect_uri=REDIRECT, nonce="n-1")
+        status, body = self.redeem(code)
+        self.assertEqual(status, 200)
+        claims = self.verify(body["id_token"])
+        self.assertEqual((claims["email"], claims["nonce"]), ("alice@example.com", "n-1"))
+
+    def test_an_issued_code_is_bound_to_its_redirect_uri_and_single_use(self) -> None:
+        code = self.idp.issue_code("alice", client_id=CLIENT_ID, redirect_uri=REDIRECT)
+        other = self.idp.issue_code("alice", client_id=CLIENT_ID, redirect_uri=REDIRECT)
+        self.assertEqual(self.redeem(code)[0], 200)
+        self.assertEqual(self.redeem(code), (400, {"error": "invalid_grant"}))
+        wrong = self.redeem(other, redirect_uri="https://app.test/elsewhere")
+        self.assertEqual(wrong, (400, {"error": "invalid_grant"}))
+
+    def test_an_issued_code_expires_like_one_from_authorize(self) -> None:
+        code = self.idp.issue_code("alice", client_id=CLIENT_ID, redirect_uri=REDIRECT)
+        self.clock.advance(CODE_LIFETIME)
+        self.assertEqual(self.redeem(code), (400, {"error": "invalid_grant"}))
+
+    def test_an_issued_code_with_a_challenge_needs_the_verifier(self) -> None:
+        verifier = "v" * 43
+        code = self.idp.issue_code(
+            "alice",
+            client_id=CLIENT_ID,
+            redirect_uri=REDIRECT,
+            code_challenge=s256(verifier),
+            method="S256",
+        )
+        again = self.idp.issue_code(
+            "alice",
+            client_id=CLIENT_ID,
+            redirect_uri=REDIRECT,
+            code_challenge=s256(verifier),
+            method="S256",
+        )
+        self.assertEqual(self.redeem(code), (400, {"error": "invalid_grant"}))
+        self.assertEqual(self.redeem(again, code_verifier=verifier)[0], 200)
+
+    def test_unknown_users_and_clients_are_refused(self) -> None:
+        with self.assertRaises(ValueError):
+            self.idp.issue_code("nobody", client_id=CLIENT_ID, redirect_uri=REDIRECT)
+        with self.assertRaises(ValueError):
+            self.idp.issue_code("alice", client_id="other", redirect_uri=REDIRECT)

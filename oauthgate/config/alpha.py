@@ -3,8 +3,8 @@
 The file holds what the flat options cannot say well: the upstreams
 (``upstreamConfig``), the injected headers (``injectRequestHeaders`` /
 ``injectResponseHeaders``), the listen addresses (``server``, ``metricsServer``) and the
-provider (``providers``, one here). Everything else stays in flags, the environment and
-the TOML file. Like oauth2-proxy, the text first gets ``${VAR}`` environment
+identity providers (``providers``, one or several). Everything else stays in flags, the
+environment and the TOML file. Like oauth2-proxy, the text first gets ``${VAR}`` environment
 substitution (regex references such as ``$1`` are left alone), unknown keys are errors,
 and every problem in the file is reported at once, each line starting with its YAML path:
 ``upstreamConfig.upstreams[1].staticCode: expected an integer, got 'abc'``.
@@ -33,12 +33,17 @@ from oauthgate.upstreams.legacy import specs_from_flags
 from oauthgate.upstreams.spec import UpstreamSpec
 
 __all__ = [
+    "PROVIDER_KEYS",
     "AlphaConfig",
+    "ProviderConfig",
+    "ProviderSettings",
     "load_alpha",
     "moved_options",
     "parse_alpha",
+    "provider_configs",
     "substitute_env",
     "to_alpha_yaml",
+    "without_provider_options",
 ]
 
 TOP_LEVEL_KEYS = (
@@ -67,7 +72,8 @@ _UPSTREAM_KEYS = (
 _UPSTREAM_SCHEMES = ("http", "https", "file", "unix")
 _DEFAULT_SPEC = UpstreamSpec(id="", path="")
 
-# providers[0]: alpha key -> (cfg key, kind); "list" is a list of strings.
+# providers[]: alpha key -> (cfg key, kind); "list" is a list of strings. The last three are
+# oauthgate extensions (private_key_jwt client authentication).
 _PROVIDER_FIELDS: dict[str, tuple[str, str]] = {
     "provider": ("provider", "str"),
     "name": ("provider_display_name", "str"),
@@ -83,6 +89,9 @@ _PROVIDER_FIELDS: dict[str, tuple[str, str]] = {
     "allowedGroups": ("allowed_groups", "list"),
     "code_challenge_method": ("code_challenge_method", "str"),
     "backendLogoutURL": ("backend_logout_url", "str"),
+    "clientAuthMethod": ("client_auth_method", "str"),
+    "jwtKey": ("jwt_key", "secret"),
+    "jwtKeyFile": ("jwt_key_file", "str"),
 }
 _OIDC_FIELDS: dict[str, tuple[str, str]] = {
     "issuerURL": ("oidc_issuer_url", "str"),
@@ -116,6 +125,16 @@ _PROVIDER_UNSUPPORTED = (
 _OIDC_UNSUPPORTED = ("publicKeyFiles", "enabledSigningAlgs")
 # loginURLParameters names oauthgate maps to the option of the same name.
 _LOGIN_PARAMETERS = ("prompt", "approval_prompt", "acr_values")
+# Session.provider values that are not identity providers (sign-in forms, bearer tokens).
+_RESERVED_PROVIDER_IDS = ("htpasswd", "bearer")
+_MAX_PROVIDER_ID = 100
+
+PROVIDER_KEYS = frozenset(
+    [key for key, _ in _PROVIDER_FIELDS.values()]
+    + [key for key, _ in _OIDC_FIELDS.values()]
+    + list(_LOGIN_PARAMETERS)
+)
+"""The cfg keys a ``providers[]`` entry sets; every other option is shared by all providers."""
 
 _UPSTREAM_OPTIONS = {
     "upstreams": "upstreamConfig.upstreams",
@@ -188,6 +207,67 @@ class AlphaConfig:
     options: Mapping[str, object] = attrs.field(factory=dict, repr=False, hash=False)
     sections: frozenset[str] = frozenset()
     warnings: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ProviderSettings:
+    """One entry of the alpha ``providers`` list, as :attr:`Config.providers` keeps it.
+
+    ``options`` are the cfg keys the entry sets (see :data:`PROVIDER_KEYS`), a client
+    secret among them, so they stay out of ``repr``. ``email_domains`` is the oauthgate
+    extension ``emailDomains``: it applies to the sessions of this provider only.
+    """
+
+    id: str
+    type: str
+    options: tuple[tuple[str, object], ...] = attrs.field(default=(), repr=False)
+    email_domains: tuple[str, ...] = ()
+    where: str = "providers[0]"
+
+
+@attrs.frozen
+class ProviderConfig:
+    """One identity provider of the instance: what its factory is built from.
+
+    ``config`` is the whole configuration as this provider sees it: the shared options
+    and its own provider options, so every provider factory takes it unchanged.
+    ``where`` names it in error messages (``providers[1]``, or ``provider`` for the flat
+    options).
+    """
+
+    id: str
+    type: str
+    config: Config = attrs.field(repr=False)
+    email_domains: tuple[str, ...] = ()
+    where: str = "provider"
+
+
+def without_provider_options(config: Config) -> Config:
+    """``config`` with every provider option (:data:`PROVIDER_KEYS`) at its default."""
+    defaults: dict[str, Any] = {field.name: field.default for field in attrs.fields(Config)}
+    return attrs.evolve(config, **{key: defaults[key] for key in PROVIDER_KEYS})
+
+
+def provider_configs(config: Config) -> tuple[ProviderConfig, ...]:
+    """The providers ``config`` names, in sign-in page order; never empty.
+
+    Without an alpha ``providers`` list there is one, from the flat options, whose id is
+    its type. With one, entry 0 is the flat options themselves (the loader merged them and
+    read its secret files); each further entry is ``config`` with every provider option
+    (:data:`PROVIDER_KEYS`) back at its default, then set from the entry.
+    """
+    if not config.providers:
+        return (ProviderConfig(config.provider, config.provider, config),)
+    out = []
+    for index, settings in enumerate(config.providers):
+        view = config
+        if index > 0:
+            options: dict[str, Any] = dict(settings.options)
+            view = attrs.evolve(without_provider_options(config), **options)
+        out.append(
+            ProviderConfig(settings.id, settings.type, view, settings.email_domains, settings.where)
+        )
+    return tuple(out)
 
 
 # --- environment substitution -----------------------------------------------------------
@@ -870,38 +950,71 @@ def _metrics_server(reader: _Reader, node: object, path: str, options: dict[str,
 
 
 def _providers(reader: _Reader, node: object, path: str, options: dict[str, object]) -> None:
-    entries = reader.items(node, path)
-    if len(entries) > 1:
-        reader.problem(
-            path,
-            f"{len(entries)} providers given; several providers come with a later version "
-            "of oauthgate, give one",
-        )
-        return
-    if not entries:
-        return
-    where, item = entries[0]
+    """The ``providers`` list: entry 0 also becomes the flat options, as in oauth2-proxy;
+    all of them become ``options["providers"]`` (:class:`ProviderSettings`)."""
+    settings: list[ProviderSettings] = []
+    ids: dict[str, str] = {}
+    for index, (where, item) in enumerate(reader.items(node, path)):
+        before = len(reader.problems)
+        entry, given_id, email_domains = _provider(reader, item, where)
+        kind = str(entry.get("provider") or attrs.fields(Config).provider.default)
+        provider_id = given_id or kind
+        if given_id and _CONTROL.search(given_id):
+            reader.problem(f"{where}.id", "must not contain line breaks or control characters")
+        elif len(provider_id) > _MAX_PROVIDER_ID:
+            reader.problem(f"{where}.id", f"must be at most {_MAX_PROVIDER_ID} characters")
+        elif provider_id in _RESERVED_PROVIDER_IDS:
+            reader.problem(
+                f"{where}.id", f"{provider_id!r} is reserved by oauthgate; choose another id"
+            )
+        elif provider_id in ids:
+            reader.problem(
+                f"{where}.id",
+                f"{provider_id!r} is also the id of {ids[provider_id]}; give each provider "
+                "a unique id"
+                + ("" if given_id else f" (without an id, the id is the type {kind!r})"),
+            )
+        ids.setdefault(provider_id, where)
+        if index == 0:
+            options.update(entry)
+        else:
+            _read_client_secret_file(reader, entry, where)
+        if len(reader.problems) == before:
+            settings.append(
+                ProviderSettings(
+                    provider_id, kind, tuple(entry.items()), email_domains, where=where
+                )
+            )
+    if settings and not reader.problems:
+        options["providers"] = tuple(settings)
+
+
+def _provider(
+    reader: _Reader, item: object, where: str
+) -> tuple[dict[str, object], str, tuple[str, ...]]:
+    """One ``providers[]`` entry: its options by cfg key, its id and its ``emailDomains``."""
+    entry: dict[str, object] = {}
     fields = reader.fields(
         item,
         where,
-        ("id", *_PROVIDER_FIELDS, "loginURLParameters", "oidcConfig"),
+        ("id", *_PROVIDER_FIELDS, "emailDomains", "loginURLParameters", "oidcConfig"),
         unsupported=_PROVIDER_UNSUPPORTED,
     )
-    reader.string(fields, "id", where)
-    _copy_fields(reader, fields, where, _PROVIDER_FIELDS, options)
+    provider_id = reader.string(fields, "id", where)
+    _copy_fields(reader, fields, where, _PROVIDER_FIELDS, entry)
     oidc = reader.fields(
         fields.get("oidcConfig"),
         f"{where}.oidcConfig",
         tuple(_OIDC_FIELDS),
         unsupported=_OIDC_UNSUPPORTED,
     )
-    _copy_fields(reader, oidc, f"{where}.oidcConfig", _OIDC_FIELDS, options)
+    _copy_fields(reader, oidc, f"{where}.oidcConfig", _OIDC_FIELDS, entry)
     seen: dict[str, str] = {}
     parameters_path = f"{where}.loginURLParameters"
     for param_where, param in reader.items(fields.get("loginURLParameters"), parameters_path):
-        entry = reader.fields(param, param_where, ("name", "default"), unsupported=("allow",))
-        name = reader.string(entry, "name", param_where)
-        defaults = reader.strings(entry, "default", param_where)
+        parameter = reader.fields(param, param_where, ("name", "default"), unsupported=("allow",))
+        name = reader.string(parameter, "name", param_where)
+        defaults = reader.strings(parameter, "default", param_where)
         if name not in _LOGIN_PARAMETERS:
             reader.problem(
                 f"{param_where}.name",
@@ -914,7 +1027,28 @@ def _providers(reader: _Reader, node: object, path: str, options: dict[str, obje
         if len(defaults) > 1:
             reader.problem(f"{param_where}.default", "give one value")
             continue
-        options[name] = defaults[0] if defaults else ""
+        entry[name] = defaults[0] if defaults else ""
+    email_domains = reader.strings(fields, "emailDomains", where)
+    return entry, provider_id, email_domains
+
+
+def _read_client_secret_file(reader: _Reader, entry: dict[str, object], where: str) -> None:
+    """Replace ``clientSecretFile`` by the secret it holds (the loader does it for entry 0)."""
+    path = entry.get("client_secret_file")
+    if not isinstance(path, str) or not path:
+        return
+    if entry.get("client_secret"):
+        reader.problem(
+            f"{where}.clientSecretFile", "give clientSecret or clientSecretFile, not both"
+        )
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry["client_secret"] = f.read().rstrip("\r\n")
+    except OSError as e:
+        reader.problem(f"{where}.clientSecretFile", f"cannot read {path}: {e.strerror or e}")
+    except UnicodeDecodeError:
+        reader.problem(f"{where}.clientSecretFile", f"{path} is not UTF-8 text")
 
 
 def _copy_fields(

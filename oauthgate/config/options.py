@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 if TYPE_CHECKING:  # types only: the config layer imports neither upstreams nor web
+    from oauthgate.config.alpha import ProviderSettings
     from oauthgate.config.headers import HeaderRule
     from oauthgate.upstreams.spec import UpstreamSpec
 
@@ -171,6 +172,129 @@ class Config:
     )
     ssl_insecure_skip_verify: bool = _opt(
         False, "skip TLS verification of the provider (testing only)"
+    )
+
+    # --- google -----------------------------------------------------------------------
+    google_groups: tuple[str, ...] = _opt(
+        (),
+        "google: only members of at least one of these Google groups (group emails) may pass",
+        flag="google-group",
+    )
+    google_admin_email: str = _opt(
+        "", "google: the Workspace admin the service account acts as for the Directory API"
+    )
+    google_service_account_json: str = _opt(
+        "", "google: the service account key file (JSON) used for the Directory API"
+    )
+    google_use_application_default_credentials: bool = _opt(
+        False, "google: use Application Default Credentials (not supported yet)"
+    )
+    google_target_principal: str = _opt(
+        "", "google: the service account to impersonate (IAM signJwt) for the Directory API"
+    )
+    google_use_organization_id: bool = _opt(
+        False, "google: use the user's organization id as preferred username (not supported yet)"
+    )
+    google_admin_api_user_scope: str = _opt(
+        "readonly", "google: the Directory API users scope (readonly, user or cloud)"
+    )
+
+    # --- azure and entra-id -------------------------------------------------------------
+    azure_tenant: str = _opt(
+        "common", "azure: the tenant (id, domain, common or organizations) of the default URLs"
+    )
+    azure_graph_group_field: str = _opt(
+        "id", "azure: the Graph group field used as group name (id or displayName)"
+    )
+    entra_id_allowed_tenants: tuple[str, ...] = _opt(
+        (),
+        "entra-id: tenant ids whose users may sign in (default: any the issuer allows)",
+        flag="entra-id-allowed-tenant",
+    )
+    entra_id_federated_token_auth: bool = _opt(
+        False,
+        "entra-id: authenticate with the workload identity token in "
+        "AZURE_FEDERATED_TOKEN_FILE instead of a client secret",
+    )
+    resource: str = _opt("", "azure (v1) and adfs: the protected resource sent to the provider")
+
+    # --- keycloak (legacy, non-OIDC) ----------------------------------------------------
+    keycloak_groups: tuple[str, ...] = _opt(
+        (),
+        "keycloak (legacy): only members of at least one of these Keycloak groups may pass "
+        "(group paths as the userinfo groups claim gives them, e.g. /admins)",
+        flag="keycloak-group",
+    )
+
+    # --- login.gov --------------------------------------------------------------------
+    jwt_key: str = _opt(
+        "",
+        "login.gov (and private_key_jwt clients): the RSA private key (PEM) that signs the "
+        "client assertion",
+        secret=True,
+    )
+    jwt_key_file: str = _opt("", "a file holding the RSA private key (PEM) of --jwt-key")
+    pubjwk_url: str = _opt(
+        "",
+        "login.gov: the JWKS URL the id_token is verified with (default with the default "
+        "URLs: https://secure.login.gov/api/openid_connect/certs)",
+    )
+
+    # --- client authentication (OIDC providers) ----------------------------------------
+    client_auth_method: str = _opt(
+        "client_secret_basic",
+        "how OIDC providers authenticate at the token endpoint: client_secret_basic, "
+        "client_secret_post or private_key_jwt (signed with --jwt-key / --jwt-key-file)",
+    )
+
+    # --- provider API (github, bitbucket, ...) -------------------------------------------
+    validate_url: str = _opt(
+        "",
+        "the provider's API base or token validation URL (github: the REST API base, e.g. "
+        "https://ghe.example.com/api/v3; bitbucket: the /2.0/user/emails URL)",
+    )
+
+    # --- github -----------------------------------------------------------------------
+    github_org: str = _opt("", "github: only members of this organization may pass")
+    github_team: str = _opt(
+        "",
+        "github: only members of one of these teams may pass (comma-separated team slugs "
+        "of --github-org, or org:team)",
+    )
+    github_repo: str = _opt(
+        "",
+        "github: only users with push access to this owner/repo (or pull access, if it is "
+        "private) may pass",
+    )
+    github_token: str = _opt(
+        "",
+        "github: a token that can read --github-repo's collaborators; then every "
+        "collaborator may pass",
+        secret=True,
+    )
+    github_users: tuple[str, ...] = _opt(
+        (),
+        "github: these logins may always pass, whatever the org, team and repo rules",
+        flag="github-user",
+    )
+
+    # --- gitlab -----------------------------------------------------------------------
+    gitlab_groups: tuple[str, ...] = _opt(
+        (),
+        "gitlab: only members of at least one of these groups (full paths) may pass",
+        flag="gitlab-group",
+    )
+    gitlab_projects: tuple[str, ...] = _opt(
+        (),
+        "gitlab: members of these projects may pass, as group/project[=access level] "
+        "(10 guest, 20 reporter, 30 developer, 40 maintainer; default 20)",
+        flag="gitlab-project",
+    )
+
+    # --- bitbucket --------------------------------------------------------------------
+    bitbucket_team: str = _opt("", "bitbucket: only members of this team (workspace slug) may pass")
+    bitbucket_repository: str = _opt(
+        "", "bitbucket: only contributors to this workspace/repository may pass"
     )
 
     # --- cookie and session -----------------------------------------------------------
@@ -372,6 +496,9 @@ class Config:
     """The alpha ``injectRequestHeaders``; None: derive them from the legacy header flags."""
     response_header_rules: tuple[HeaderRule, ...] | None = None
     """The alpha ``injectResponseHeaders``; None: derive them from the legacy header flags."""
+    providers: tuple[ProviderSettings, ...] = ()
+    """The alpha ``providers`` list; empty: one provider from the flat options. The first
+    entry's options are also the flat options (see ``alpha.provider_configs``)."""
 
 
 def option_specs() -> tuple[OptionSpec, ...]:

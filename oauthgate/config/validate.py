@@ -12,10 +12,12 @@ import re
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
+import attrs
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from oauthgate.authz.query import DomainPattern
+from oauthgate.config.alpha import provider_configs
 from oauthgate.config.durations import format_duration
 from oauthgate.config.headers import TOKEN_CLAIMS
 from oauthgate.config.options import Config
@@ -80,6 +82,7 @@ def validate(config: Config) -> list[str]:
     """
     problems: list[str] = []
     _check_provider(config, problems)
+    _check_more_providers(config, problems)
     _check_cookie(config, problems)
     _check_urls(config, problems)
     _check_upstreams(config, problems)
@@ -161,10 +164,19 @@ def _check_provider(config: Config, problems: list[str]) -> None:
         problems.append("provider: required, e.g. oidc")
     if not config.client_id:
         problems.append("client_id: required; set --client-id, OAUTHGATE_CLIENT_ID or client_id")
-    if not config.client_secret and not config.code_challenge_method:
+    if (
+        not config.client_secret
+        and not config.code_challenge_method
+        and config.client_auth_method != "private_key_jwt"
+    ):
         problems.append(
             "client_secret: required (or client_secret_file); a public client without a "
             "secret must use PKCE: --code-challenge-method=S256"
+        )
+    if config.client_auth_method not in _CLIENT_AUTH_METHODS:
+        problems.append(
+            f"client_auth_method: must be {', '.join(_CLIENT_AUTH_METHODS)}, "
+            f"got {config.client_auth_method!r}"
         )
     if config.code_challenge_method not in ("", "S256", "plain"):
         problems.append(
@@ -186,6 +198,25 @@ def _check_provider(config: Config, problems: list[str]) -> None:
                 "oidc_issuer_url: required for provider oidc (or turn on skip_oidc_discovery "
                 "and give login_url, redeem_url and oidc_jwks_url)"
             )
+
+
+_CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+
+
+def _check_more_providers(config: Config, problems: list[str]) -> None:
+    """The provider checks for each alpha ``providers`` entry after the first (the first is
+    the flat options), each line starting with the entry's place: ``providers[1]: ...``."""
+    for entry in provider_configs(config)[1:]:
+        found: list[str] = []
+        # allowed_roles is shared by every provider: checked once, with the flat options.
+        _check_provider(attrs.evolve(entry.config, allowed_roles=()), found)
+        for key in _URL_OPTIONS:
+            value: str = getattr(entry.config, key)
+            if key != "redirect_url" and value and _http_url(value) is None:
+                found.append(
+                    f"{key}: must be an absolute http:// or https:// URL, got {_shown(value)!r}"
+                )
+        problems.extend(f"{entry.where} ({entry.id}): {line}" for line in found)
 
 
 def _check_cookie(config: Config, problems: list[str]) -> None:

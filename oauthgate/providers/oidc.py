@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
@@ -25,14 +26,24 @@ from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError, ProviderError, RefreshError, TokenError
 from oauthgate.interfaces import IProvider, IProviderFactory
 from oauthgate.providers.claims import coerce_groups, get_claim
+from oauthgate.providers.client_auth import JWT_BEARER, SigningKey, signing_key_from_config
 from oauthgate.providers.jwks import HTTPClientLike, HTTPResult, JWKSCache, SingleFlight, fetch
 from oauthgate.session import Session
 
-__all__ = ["LEEWAY", "Endpoints", "OIDCProvider", "OIDCProviderFactory", "factory"]
+__all__ = [
+    "CLIENT_AUTH_METHODS",
+    "LEEWAY",
+    "Endpoints",
+    "OIDCProvider",
+    "OIDCProviderFactory",
+    "factory",
+]
 
 LEEWAY = 60.0  # seconds of clock skew tolerated on exp, iat and nbf
 
 _DEFAULT_SCOPE = "openid email profile"
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+_NO_JWT_KEY = "jwt_key: required (or jwt_key_file) with client_auth_method private_key_jwt"
 _FATAL_REFRESH_ERRORS = frozenset({"invalid_grant", "invalid_client"})
 # The session fields a provider's claims fill in (besides ``user``, the subject).
 _IDENTITY_FIELDS = ("email", "groups", "preferred_username")
@@ -146,10 +157,22 @@ class OIDCProvider:
     display_name: str = attrs.field(init=False)
     _discovered: _Discovered | None = attrs.field(default=None, init=False)
     _discovery: SingleFlight[_Discovered] = attrs.field(factory=SingleFlight, init=False)
+    _signing_key: SigningKey | None = attrs.field(init=False, repr=False)
+    _random: Callable[[int], bytes] = attrs.field(default=os.urandom, kw_only=True, repr=False)
 
     @display_name.default
     def _display_name_default(self) -> str:
         return self._config.provider_display_name or self.default_display_name
+
+    @_signing_key.default
+    def _signing_key_default(self) -> SigningKey | None:
+        """The private_key_jwt key, read once here; a ConfigError if it is missing or bad."""
+        if self._config.client_auth_method != "private_key_jwt":
+            return None
+        key = signing_key_from_config(self._config)
+        if key is None:
+            raise ConfigError([_NO_JWT_KEY])
+        return key
 
     @classmethod
     def check_config(cls, config: Config) -> list[str]:
@@ -176,6 +199,17 @@ class OIDCProvider:
                 f"code_challenge_method: must be S256, plain or empty, got "
                 f"{config.code_challenge_method!r}"
             )
+        if config.client_auth_method not in CLIENT_AUTH_METHODS:
+            problems.append(
+                f"client_auth_method: must be {', '.join(CLIENT_AUTH_METHODS)}, got "
+                f"{config.client_auth_method!r}"
+            )
+        elif config.client_auth_method == "private_key_jwt":
+            try:
+                if signing_key_from_config(config) is None:
+                    problems.append(_NO_JWT_KEY)
+            except ConfigError as e:
+                problems.extend(e.problems)
         return problems
 
     # --- discovery ----------------------------------------------------------------------
@@ -529,12 +563,26 @@ class OIDCProvider:
     async def _token_request(self, url: str, form: list[tuple[str, str]]) -> dict[str, Any]:
         """POST ``form`` to the token endpoint with client authentication.
 
-        With a client secret: HTTP Basic (client_secret_basic, id and secret form-encoded
-        first as RFC 6749 §2.3.1 says). Without: only client_id (a public client, PKCE).
+        ``client_auth_method`` says how: ``private_key_jwt`` adds a client assertion signed
+        with the ``jwt_key`` for this endpoint (``aud`` = ``url``); with a client secret,
+        ``client_secret_basic`` (the default) sends HTTP Basic (id and secret form-encoded
+        first, as RFC 6749 §2.3.1 says) and ``client_secret_post`` puts them in the form.
+        Without a secret: only client_id (a public client, PKCE). A ``form`` that already
+        carries a ``client_assertion`` (a subclass's federated token) gets nothing else.
         """
         config = self._config
         headers = {b"Accept": [b"application/json"]}
-        if config.client_secret:
+        data = [*form, ("client_id", config.client_id)]
+        if any(name == "client_assertion" for name, _ in form):
+            pass
+        elif self._signing_key is not None:
+            assertion = self._signing_key.assertion(
+                config.client_id, url, self._clock, self._random
+            )
+            data += [("client_assertion_type", JWT_BEARER), ("client_assertion", assertion)]
+        elif config.client_secret and config.client_auth_method == "client_secret_post":
+            data.append(("client_secret", config.client_secret))
+        elif config.client_secret:
             pair = f"{quote_plus(config.client_id)}:{quote_plus(config.client_secret)}"
             headers[b"Authorization"] = [b"Basic " + base64.b64encode(pair.encode("utf-8"))]
         result = await fetch(
@@ -543,7 +591,7 @@ class OIDCProvider:
             "POST",
             url,
             what="the token endpoint",
-            data=[*form, ("client_id", config.client_id)],
+            data=data,
             headers=headers,
         )
         payload = _parse_token_response(result)

@@ -8,8 +8,12 @@ Public API: plugin authors may rely on everything in ``__all__``.
 - :class:`Browser`: follows redirects and keeps cookies, in memory or over sockets.
 - :class:`FakeIdP`: an OpenID Connect provider issuing real ES256 tokens.
 - :class:`EchoResource`: an upstream that shows the request it received.
+- :class:`ProviderConformance` and :class:`ProviderSubject`: the contracts every
+  identity provider must keep, as a test mixin; :func:`provider_config` builds the
+  configuration a provider factory is given.
 """
 
+from oauthgate.testing.conformance import ProviderConformance, ProviderSubject, provider_config
 from oauthgate.testing.echo import EchoResource
 from oauthgate.testing.fakeidp import (
     CODE_LIFETIME,
@@ -38,10 +42,13 @@ __all__ = [
     "FakeIdP",
     "GateTestCase",
     "MemoryHTTPClient",
+    "ProviderConformance",
+    "ProviderSubject",
     "StoredCookie",
     "TokenRequest",
     "TooManyRedirects",
     "default_clients",
     "default_users",
     "memory_http_client",
+    "provider_config",
 ]

@@ -40,6 +40,7 @@ __all__ = ["CODE_LIFETIME", "FakeIdP", "TokenRequest", "default_clients", "defau
 CODE_LIFETIME = 60.0
 """Seconds an authorization code stays redeemable (on the injected clock)."""
 
+_JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _USER_CLAIMS = ("sub", "email", "email_verified", "groups", "preferred_username", "name")
 
 
@@ -87,11 +88,11 @@ class TokenRequest:
     """One request the token endpoint received. The client secret is never kept."""
 
     form: Mapping[str, str]
-    """The posted form fields, without ``client_secret``."""
+    """The posted form fields, without ``client_secret`` or ``client_assertion``."""
     client_id: str | None
     """The client that authenticated (or tried to), from Basic auth or the form."""
     auth_method: str | None
-    """``client_secret_basic``, ``client_secret_post`` or None."""
+    """``client_secret_basic``, ``client_secret_post``, ``private_key_jwt`` or None."""
 
 
 @attrs.frozen
@@ -175,6 +176,9 @@ class FakeIdP:
     ``fail_refresh`` makes refresh grants fail with that error code (a str) or
     HTTP status (an int or a digit string).
 
+    ``client_keys`` (client_id -> public key) registers ``private_key_jwt`` clients: they
+    authenticate at ``/token`` with a signed client assertion only.
+
     What happened is recorded in ``authorize_requests``, ``token_requests`` (no
     client secrets) and ``end_session_requests``.
     """
@@ -191,10 +195,17 @@ class FakeIdP:
         token_lifetime: float = 3600,
         auto_login: str | None = None,
         random: Callable[[int], bytes] = os.urandom,
+        client_keys: Mapping[str, Any] | None = None,
     ) -> None:
         self.issuer = issuer.rstrip("/")
         self._clock = clock
         self._clients = dict(default_clients() if clients is None else clients)
+        # private_key_jwt clients: client_id -> public key (a cryptography key or PEM bytes).
+        # They authenticate with a signed client assertion only, never with a secret.
+        self._client_keys = dict(client_keys or {})
+        self._seen_assertions: set[str] = set()
+        for key_client in self._client_keys:
+            self._clients.setdefault(key_client, "")
         source = default_users() if users is None else users
         self._users: dict[str, dict[str, Any]] = {
             name: {"sub": name, "preferred_username": name, **claims}
@@ -296,6 +307,7 @@ class FakeIdP:
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic",
                 "client_secret_post",
+                *(["private_key_jwt"] if self._client_keys else []),
             ],
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "claims_supported": ["iss", "aud", "exp", "iat", "nonce", *_USER_CLAIMS],
@@ -316,6 +328,42 @@ class FakeIdP:
             else:
                 claims[name] = value
         return self._sign(claims)
+
+    def issue_code(
+        self,
+        user: str,
+        *,
+        client_id: str,
+        redirect_uri: str,
+        nonce: str | None = None,
+        code_challenge: str | None = None,
+        method: str | None = None,
+    ) -> str:
+        """An authorization code for ``user``, as ``/authorize`` would send back now.
+
+        For tests that start at the callback, without a browser. The code is bound to
+        ``client_id``, ``redirect_uri`` and the PKCE challenge (``method`` defaults to
+        ``plain`` when a challenge is given), single use, and expires after
+        :data:`CODE_LIFETIME` seconds, exactly like one from ``/authorize``.
+
+        Raises ValueError for an unknown user or client.
+        """
+        if user not in self._users:
+            raise ValueError(f"issue_code: unknown user {user!r}")
+        if client_id not in self._clients:
+            raise ValueError(f"issue_code: unknown client {client_id!r}")
+        code = self._token()
+        self._codes[code] = _Code(
+            client_id=client_id,
+            redirect_uri=redirect_uri,
+            user=user,
+            scope="openid email profile",
+            nonce=nonce,
+            challenge=code_challenge,
+            challenge_method=(method or "plain") if code_challenge else None,
+            issued_at=self._clock.seconds(),
+        )
+        return code
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -439,9 +487,14 @@ class FakeIdP:
     def _token_endpoint(self, request: Request) -> bytes:
         form = _args(request)
         client_id, secret, auth_method = _client_credentials(request, form)
+        assertion = form.get("client_assertion")
+        if assertion is not None:
+            auth_method = "private_key_jwt"
         self.token_requests.append(
             TokenRequest(
-                form={k: v for k, v in form.items() if k != "client_secret"},
+                form={
+                    k: v for k, v in form.items() if k not in ("client_secret", "client_assertion")
+                },
                 client_id=client_id,
                 auth_method=auth_method,
             )
@@ -451,7 +504,10 @@ class FakeIdP:
             error = "temporarily_unavailable" if status == 503 else "server_error"
             return _json(request, {"error": error}, status)
         try:
-            client_id = self._authenticate_client(client_id, secret)
+            if assertion is not None:
+                client_id = self._authenticate_assertion(form, assertion)
+            else:
+                client_id = self._authenticate_client(client_id, secret)
             grant_type = form.get("grant_type")
             if grant_type == "authorization_code":
                 answer = self._redeem_code(client_id, form)
@@ -469,12 +525,54 @@ class FakeIdP:
         """The authenticated client's id; raises invalid_client otherwise."""
         if client_id is None or client_id not in self._clients:
             raise _OAuthError("invalid_client", 401)
+        if client_id in self._client_keys:  # only a client assertion will do
+            raise _OAuthError("invalid_client", 401)
         expected = self._clients[client_id]
         if expected == "":  # a public client: PKCE protects its codes
             return client_id
         if secret is None or not hmac.compare_digest(secret.encode(), expected.encode()):
             raise _OAuthError("invalid_client", 401)
         return client_id
+
+    def _authenticate_assertion(self, form: Mapping[str, str], assertion: str) -> str:
+        """The client a private_key_jwt assertion proves; raises invalid_client otherwise.
+
+        Checked as RFC 7523 §3 says: the registered key's signature, ``iss`` = ``sub`` =
+        the client, ``aud`` = this token endpoint, not expired on the injected clock, and
+        a ``jti`` never seen before (no replay).
+        """
+        if form.get("client_assertion_type") != _JWT_BEARER:
+            raise _OAuthError("invalid_client", 401)
+        try:
+            client_id = jwt.decode(assertion, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError:
+            raise _OAuthError("invalid_client", 401) from None
+        key = self._client_keys.get(client_id) if isinstance(client_id, str) else None
+        if key is None or form.get("client_id", client_id) != client_id:
+            raise _OAuthError("invalid_client", 401)
+        try:
+            claims = jwt.decode(
+                assertion,
+                key,
+                algorithms=["RS256", "ES256", "ES384", "ES512"],
+                audience=self.url("/token"),
+                issuer=client_id,
+                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            )
+        except (jwt.PyJWTError, TypeError, ValueError):  # a key of another type: TypeError
+            raise _OAuthError("invalid_client", 401) from None
+        exp = claims.get("exp")
+        jti = claims.get("jti")
+        if (
+            claims.get("sub") != client_id
+            or not isinstance(exp, int | float)
+            or exp <= self._clock.seconds()
+            or not isinstance(jti, str)
+            or jti in self._seen_assertions
+        ):
+            raise _OAuthError("invalid_client", 401)
+        self._seen_assertions.add(jti)
+        return str(client_id)
 
     def _redeem_code(self, client_id: str, form: Mapping[str, str]) -> dict[str, Any]:
         code = self._codes.pop(form.get("code", ""), None)  # single use, even on failure

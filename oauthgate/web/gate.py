@@ -3,6 +3,11 @@
 1. client address  2. own endpoints  3. strip identity headers  4. session (cookie)
 5. refresh  6. authorize  7. no session -> 401 / sign-in page; denied -> 403;
 allowed -> identity headers, then the upstream.
+
+The gate may offer several identity providers (:class:`GateProvider`). A login records
+its provider's id in the sealed CSRF cookie, the callback redeems the code with that
+provider, and the session carries the id (``Session.provider``): refresh, the provider's
+own checks and sign-out go to the provider that made the session.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from oauthgate.web.pages import Pages
 from oauthgate.web.redirects import RedirectValidator
 from oauthgate.web.refresh import Refresher
 
-__all__ = ["Gate", "GateResource"]
+__all__ = ["Gate", "GateProvider", "GateResource"]
 
 _NO_CACHE = (
     (b"Expires", b"Thu, 01 Jan 1970 00:00:00 UTC"),
@@ -99,12 +104,29 @@ def _wants_json(request: Request) -> bool:
     return "text/html" not in accept
 
 
+@attrs.frozen
+class GateProvider:
+    """One identity provider the gate offers.
+
+    ``id`` is unique in the gate and becomes ``Session.provider`` of the sessions it makes;
+    ``config`` is the configuration the provider was built from (its PKCE method and
+    backend logout URL are read from it).
+    """
+
+    id: str
+    provider: IProvider
+    config: Config = attrs.field(repr=False)
+
+
 @attrs.define
 class Gate:
-    """Everything one request needs, assembled by :mod:`oauthgate.service`."""
+    """Everything one request needs, assembled by :mod:`oauthgate.service`.
+
+    ``providers`` lists the identity providers in sign-in page order (at least one).
+    """
 
     config: Config
-    provider: IProvider
+    providers: Sequence[GateProvider]
     store: ISessionStore
     sealer: Sealer
     cookie: CookieSettings
@@ -120,7 +142,8 @@ class Gate:
     credentials: Credentials = attrs.field(factory=Credentials)
     _rules: AccessRules = attrs.field(init=False)
     _metadata_path: bytes | None = attrs.field(init=False)
-    _refresher: Refresher = attrs.field(init=False)
+    _by_id: dict[str, GateProvider] = attrs.field(init=False)
+    _refreshers: dict[str, Refresher] = attrs.field(init=False)
     _csrf: CookieSettings = attrs.field(init=False)
     _prefix: str = attrs.field(init=False)
     _own_cookie_prefix: str = attrs.field(init=False)
@@ -137,7 +160,15 @@ class Gate:
             expire=self.config.cookie_csrf_expire,
             samesite=samesite,
         )
-        self._refresher = Refresher(self.provider, self.store, self.clock)
+        if not self.providers:
+            raise ValueError("a gate needs at least one identity provider")
+        self._by_id = {entry.id: entry for entry in self.providers}
+        if len(self._by_id) != len(self.providers):
+            raise ValueError("identity provider ids must be unique")
+        # One refresher per provider: a cookie value belongs to one session, hence to one.
+        self._refreshers = {
+            entry.id: Refresher(entry.provider, self.store, self.clock) for entry in self.providers
+        }
         self._rules = (
             self.access if self.access is not None else AccessRules.from_config(self.config)
         )
@@ -145,6 +176,42 @@ class Gate:
         self._metadata_path = urlsplit(metadata_url(resource)).path.encode() if resource else None
         self._prefix = self.config.proxy_prefix
         self._own_cookie_prefix = self.cookie.name
+
+    @property
+    def provider(self) -> IProvider:
+        """The first identity provider (the only one, in a gate with one)."""
+        return self.providers[0].provider
+
+    def _provider_of(self, session: Session) -> GateProvider | None:
+        """The provider that made ``session``, or None (an htpasswd or bearer session)."""
+        return self._by_id.get(session.provider)
+
+    def _checked_by(self, session: Session) -> GateProvider | None:
+        """The provider whose own checks, backend logout... apply to ``session``: the one
+        that made it; in a gate with one provider, that one for every session (htpasswd and
+        bearer sessions included, as before several providers existed)."""
+        entry = self._provider_of(session)
+        if entry is None and len(self.providers) == 1:
+            return self.providers[0]
+        return entry
+
+    def _recognised(self, session: Session) -> Session | None:
+        """``session`` if it still belongs here, else None.
+
+        It does when its provider is configured, or it is an htpasswd sign-in while
+        ``--htpasswd-file`` is set. With one provider, a session from before provider ids
+        (none, or the provider's type) is that provider's and comes back with its id.
+        A session whose provider was removed from the configuration is no session.
+        """
+        if session.provider in self._by_id:
+            return session
+        if session.provider == "htpasswd" and self.credentials.htpasswd is not None:
+            return session
+        if len(self.providers) == 1:
+            only = self.providers[0]
+            if session.provider in ("", only.config.provider, str(only.provider.id)):
+                return attrs.evolve(session, provider=only.id)
+        return None
 
     # --- 1. client address -------------------------------------------------------------
 
@@ -216,11 +283,22 @@ class Gate:
         value = cookies.read_value(request, self.cookie.name)
         if not value:
             return None
-        session = await self.store.load(value)
-        if session is None:
+        stored = await self.store.load(value)
+        if stored is None:
             cookies.clear(request, self.cookie)
             return None
-        return await self._maybe_refresh(request, value, session)
+        session = self._recognised(stored)
+        if session is None:
+            self.log.info(
+                "Ignored the session of {user}: its provider {provider!r} is not configured",
+                user=stored.email or stored.user,
+                provider=stored.provider,
+            )
+            cookies.clear(request, self.cookie)
+            return None
+        # The refresher compares with what the store holds: it gets the stored session.
+        refreshed = await self._maybe_refresh(request, value, stored, session.provider)
+        return None if refreshed is None else self._recognised(refreshed)
 
     def _needs_refresh(self, session: Session, now: float) -> bool:
         if not session.refresh_token:
@@ -231,14 +309,15 @@ class Gate:
         return session.is_expired(now) or (refresh_after > 0 and session.age(now) > refresh_after)
 
     async def _maybe_refresh(
-        self, request: Request, value: str, session: Session
+        self, request: Request, value: str, session: Session, provider_id: str
     ) -> Session | None:
         """The session to use for this request; None when it has ended or is expired and
-        could not be refreshed now."""
+        could not be refreshed now. ``provider_id`` names the provider that refreshes it."""
         now = self.clock.seconds()
-        if not self._needs_refresh(session, now):
+        refresher = self._refreshers.get(provider_id)
+        if refresher is None or not self._needs_refresh(session, now):
             return session
-        outcome = await self._refresher.refresh(value, session)
+        outcome = await refresher.refresh(value, session)
         if outcome.session is not None and outcome.value is not None:
             cookies.write_value(request, self.cookie, outcome.value)
             return outcome.session
@@ -261,7 +340,8 @@ class Gate:
             decision = await authorizer.authorize(info, session)
             if not decision.allowed:
                 return decision.reason or "access denied"
-        if not await self.provider.authorize(session):
+        entry = self._checked_by(session)
+        if entry is not None and not await entry.provider.authorize(session):
             return "the identity provider's checks did not pass"
         return None
 
@@ -418,8 +498,8 @@ class Gate:
         redirect = self.redirects.sanitize(request.uri.decode("utf-8", "replace"))
         for name, value in _NO_CACHE:
             request.setHeader(name, value)
-        if self.config.skip_provider_button:
-            return await self._begin_login(request, redirect)
+        if self.config.skip_provider_button and len(self.providers) == 1:
+            return await self._begin_login(request, redirect, self.providers[0])
         self._html(request, 403, self.pages.render_sign_in(redirect))
 
     def _challenge(self, request: Request, identity: Identity) -> None:
@@ -436,16 +516,12 @@ class Gate:
 
     def _resource_metadata(self, request: Request) -> None:
         resource = self.config.protected_resource_metadata
-        issuer = self.config.oidc_issuer_url
-        self._json(
-            request,
-            200,
-            protected_resource_metadata(
-                resource,
-                [issuer] if issuer else [],
-                self._scopes(),
-            ),
+        issuers = list(
+            dict.fromkeys(
+                e.config.oidc_issuer_url for e in self.providers if e.config.oidc_issuer_url
+            )
         )
+        self._json(request, 200, protected_resource_metadata(resource, issuers, self._scopes()))
 
     def _scopes(self) -> list[str]:
         """The scopes logins ask for (as the OIDC provider builds them)."""
@@ -475,7 +551,9 @@ class Gate:
         if request.method == b"POST" and self.credentials.htpasswd is not None:
             return await self._password_sign_in(request, redirect)
         if self.config.skip_provider_button:
-            return await self._begin_login(request, redirect)
+            entry = self._chosen_provider(request)
+            if entry is not None:
+                return await self._begin_login(request, redirect, entry)
         self._html(request, 200, self.pages.render_sign_in(redirect))
 
     async def _password_sign_in(self, request: Request, redirect: str) -> None:
@@ -504,7 +582,24 @@ class Gate:
         self._redirect(request, redirect)
 
     async def _start(self, request: Request) -> None:
-        await self._begin_login(request, self._requested_redirect(request))
+        """``/start?provider=ID&rd=...``: log in with that provider. Without ``provider``, the
+        only one; with several, the sign-in page to pick one."""
+        redirect = self._requested_redirect(request)
+        entry = self._chosen_provider(request)
+        if entry is None:
+            return self._html(request, 200, self.pages.render_sign_in(redirect))
+        await self._begin_login(request, redirect, entry)
+
+    def _chosen_provider(self, request: Request) -> GateProvider | None:
+        """The provider the request's ``provider`` parameter names; without one, the only
+        provider, or None when there are several. An unknown id is a 400."""
+        wanted = _arg(request, b"provider")
+        if not wanted:
+            return self.providers[0] if len(self.providers) == 1 else None
+        entry = self._by_id.get(wanted)
+        if entry is None:
+            raise AuthError(400, "unknown_provider", "There is no such identity provider here.")
+        return entry
 
     def redirect_uri(self, request: Request) -> str:
         """The callback URL sent to the provider."""
@@ -518,19 +613,28 @@ class Gate:
         scheme = "https" if self.config.cookie_secure else self._scheme(request)
         return f"{scheme}://{self._host(request)}{callback}"
 
-    async def _begin_login(self, request: Request, redirect: str) -> None:
+    async def _begin_login(self, request: Request, redirect: str, entry: GateProvider) -> None:
+        """Send the browser to ``entry``'s login; the sealed CSRF cookie remembers the state,
+        nonce, PKCE verifier, target and which provider the callback must redeem with."""
         state = _token(self.random)
         nonce = _token(self.random)
-        method = self.config.code_challenge_method or None
+        method = entry.config.code_challenge_method or None
         verifier = make_verifier(self.random) if method else None
         redirect_uri = self.redirect_uri(request)
         payload = json.dumps(
-            {"s": state, "n": nonce, "v": verifier, "r": redirect, "u": redirect_uri},
+            {
+                "s": state,
+                "n": nonce,
+                "v": verifier,
+                "r": redirect,
+                "u": redirect_uri,
+                "p": entry.id,
+            },
             separators=(",", ":"),
         ).encode()
         csrf = self.sealer.seal(payload, self._csrf_purpose, self.clock.seconds())
         try:
-            url = await self.provider.authorize_url(
+            url = await entry.provider.authorize_url(
                 state=state,
                 nonce=nonce,
                 code_challenge=challenge(verifier, method) if verifier and method else None,
@@ -539,7 +643,9 @@ class Gate:
                 extra_params=(),
             )
         except ProviderError as e:
-            self.log.error("Cannot start a login: {reason}", reason=str(e))
+            self.log.error(
+                "Cannot start a login with {provider}: {reason}", provider=entry.id, reason=str(e)
+            )
             raise AuthError(
                 502,
                 "provider_error",
@@ -595,14 +701,15 @@ class Gate:
                 403, "state_mismatch", "The login state did not match. Please try again."
             )
         cookies.clear(request, self._csrf)
+        entry = self._login_provider(flow.get("p"))
         code = _arg(request, b"code")
         if not code:
             raise AuthError(
                 400, "missing_code", "The identity provider sent no authorization code."
             )
         try:
-            session = await self.provider.redeem(code, verifier, redirect_uri, nonce)
-            session = await self.provider.enrich(session)
+            session = await entry.provider.redeem(code, verifier, redirect_uri, nonce)
+            session = await entry.provider.enrich(session)
         except TokenError as e:
             # TokenError messages say why, never the token itself: safe to show.
             self._auth_log(request, None, "AuthFailure", f"invalid token: {e}")
@@ -618,8 +725,9 @@ class Gate:
             ) from None
         if session.created_at == 0:
             session = attrs.evolve(session, created_at=self.clock.seconds())
-        if not session.provider:
-            session = attrs.evolve(session, provider=str(self.provider.id))
+        # The provider that redeemed the code, whatever the session says: refresh, the
+        # per-provider rules and sign-out rely on it.
+        session = attrs.evolve(session, provider=entry.id)
         self._set_user(request, session.email or session.user)
         reason = await self.authorize(request, session)
         if reason is not None:
@@ -627,27 +735,79 @@ class Gate:
             raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
         cookie_value = await self.store.save(session, None)
         cookies.write_value(request, self.cookie, cookie_value)
-        self._auth_log(request, session, "AuthSuccess", "authenticated via OAuth2")
+        via = "OAuth2" if len(self.providers) == 1 else f"OAuth2 ({entry.id})"
+        self._auth_log(request, session, "AuthSuccess", f"authenticated via {via}")
         self._redirect(request, self.redirects.sanitize(str(redirect)))
 
+    def _login_provider(self, provider_id: object) -> GateProvider:
+        """The provider a login was started with (recorded in the CSRF cookie). A cookie from
+        before provider ids belongs to the only provider."""
+        if provider_id is None and len(self.providers) == 1:
+            return self.providers[0]
+        entry = self._by_id.get(provider_id) if isinstance(provider_id, str) else None
+        if entry is None:
+            raise AuthError(
+                403,
+                "unknown_provider",
+                "This login was started with an identity provider that is not configured "
+                "any more. Please sign in again.",
+            )
+        return entry
+
     async def _sign_out(self, request: Request) -> None:
+        """End the session here, at the backend (``backend_logout_url``) and at the provider.
+
+        The browser goes to the provider's end-session page (RP-initiated logout, for OIDC
+        the discovered ``end_session_endpoint`` with ``id_token_hint`` and the validated
+        ``rd`` made absolute as ``post_logout_redirect_uri``) when the session's provider
+        has one, else straight to ``rd``. An ``rd`` with an ``{id_token}`` placeholder is
+        the operator's own logout URL: it is used as it is.
+        """
         redirect = self._requested_redirect(request)
         value = cookies.read_value(request, self.cookie.name)
-        session = await self.store.load(value) if value else None
+        stored = await self.store.load(value) if value else None
+        session = self._recognised(stored) if stored is not None else None
         if value:
             await self.store.clear(value)
         cookies.clear(request, self.cookie)
         id_token = session.id_token if session else ""
-        if "{id_token}" in redirect:
+        by_hand = "{id_token}" in redirect
+        if by_hand:
             redirect = redirect.replace("{id_token}", quote(id_token, safe=""))
         if session is not None:
             self._auth_log(request, session, "AuthSuccess", "signed out")
-            if self.config.backend_logout_url:
-                await self._backend_logout(id_token)
+            checked = self._checked_by(session)
+            if checked is not None and checked.config.backend_logout_url:
+                await self._backend_logout(checked.config.backend_logout_url, id_token)
+            own = self._provider_of(session)
+            if own is not None and not by_hand:
+                redirect = await self._provider_logout(request, own, session, redirect)
         self._redirect(request, redirect)
 
-    async def _backend_logout(self, id_token: str) -> None:
-        url = self.config.backend_logout_url.replace("{id_token}", quote(id_token, safe=""))
+    async def _provider_logout(
+        self, request: Request, entry: GateProvider, session: Session, redirect: str
+    ) -> str:
+        """Where to send the browser to end ``session`` at its provider too; ``redirect``
+        when the provider has no logout URL or cannot give one now."""
+        if urlsplit(redirect).scheme:
+            absolute = redirect
+        else:
+            scheme = "https" if self.config.cookie_secure else self._scheme(request)
+            absolute = f"{scheme}://{self._host(request)}{redirect}"
+        try:
+            url = await entry.provider.logout_url(session, absolute)
+        except ProviderError as e:
+            self.log.warn(
+                "No logout at {provider} for {user}: {reason}",
+                provider=entry.id,
+                user=session.email or session.user,
+                reason=str(e),
+            )
+            return redirect
+        return str(url) if url else redirect
+
+    async def _backend_logout(self, template: str, id_token: str) -> None:
+        url = template.replace("{id_token}", quote(id_token, safe=""))
         if self.http_client is None:
             return
         try:

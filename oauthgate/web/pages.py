@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+from collections.abc import Sequence
 from html import escape
 from importlib import resources
 from pathlib import Path
@@ -59,9 +60,20 @@ class Pages:
     provider_name: str
     prefix: str
     htpasswd_form: bool = False
+    providers: tuple[tuple[str, str], ...] = ()
+    """(id, display name) of each identity provider, in button order; empty: one provider
+    named ``provider_name``."""
 
     @classmethod
-    def from_config(cls, config: Config, provider_name: str) -> Pages:
+    def from_config(
+        cls,
+        config: Config,
+        provider_name: str,
+        *,
+        providers: Sequence[tuple[str, str]] = (),
+    ) -> Pages:
+        """The pages for ``config``. ``provider_name`` is the (first) provider's display name;
+        ``providers`` lists (id, display name) of every provider when there are several."""
         templates = {"sign_in.html": _builtin("sign_in.html"), "error.html": _builtin("error.html")}
         if config.custom_templates_dir:
             folder = Path(config.custom_templates_dir)
@@ -93,6 +105,7 @@ class Pages:
             provider_name=config.provider_display_name or provider_name,
             prefix=config.proxy_prefix,
             htpasswd_form=bool(config.htpasswd_file) and config.display_htpasswd_form,
+            providers=tuple(providers) if len(providers) > 1 else (),
         )
 
     def render_sign_in(self, redirect: str, *, message: str = "") -> bytes:
@@ -110,6 +123,7 @@ class Pages:
             )
         return self.sign_in.safe_substitute(
             message=f'<p class="error">{escape(message)}</p>' if message else "",
+            provider_buttons=self._buttons(redirect),
             htpasswd_form=form,
             style=self.style,
             logo=self.logo,
@@ -119,6 +133,24 @@ class Pages:
             redirect=escape(redirect),
             provider_name=escape(self.provider_name),
         ).encode("utf-8")
+
+    def _buttons(self, redirect: str) -> str:
+        """One "Sign in with X" button per provider, each a GET form to
+        ``<prefix>/start?provider=ID&rd=...`` (no ``provider`` with one provider)."""
+        start = escape(self.prefix + "/start")
+        rd = f'<input type="hidden" name="rd" value="{escape(redirect)}">'
+        if not self.providers:
+            return (
+                f'<form method="GET" action="{start}">{rd}'
+                f'<button type="submit" class="primary">Sign in with '
+                f"{escape(self.provider_name)}</button></form>"
+            )
+        return "".join(
+            f'<form method="GET" action="{start}" class="provider">'
+            f'<input type="hidden" name="provider" value="{escape(provider_id)}">{rd}'
+            f'<button type="submit" class="primary">Sign in with {escape(name)}</button></form>'
+            for provider_id, name in self.providers
+        )
 
     def render_error(
         self, status: int, title: str, message: str, *, redirect: str = "/", request_id: str = ""

@@ -45,6 +45,8 @@ _ENDED = Outcome(ended=True)
 
 @attrs.define
 class Refresher:
+    """Refreshes sessions at ``provider``; the gate keeps one per identity provider."""
+
     provider: IProvider
     store: ISessionStore
     clock: IReactorTime
@@ -124,6 +126,10 @@ class Refresher:
                 return _UNAVAILABLE
             if refreshed is None:
                 return _UNAVAILABLE
+            if refreshed.provider != session.provider:
+                # The session stays with the provider id the gate gave it, whatever the
+                # provider (which knows only its type) put there.
+                refreshed = attrs.evolve(refreshed, provider=session.provider)
             new_value = await self.store.save(refreshed, value)
         self.log.info("Refreshed session for {user}", user=refreshed.email or refreshed.user)
         return Outcome(session=refreshed, value=new_value)

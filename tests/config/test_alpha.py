@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.python import usage
@@ -18,8 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from oauthgate import tap
 from oauthgate.config.alpha import (
     AlphaConfig,
+    ProviderSettings,
     moved_options,
     parse_alpha,
+    provider_configs,
     substitute_env,
     to_alpha_yaml,
 )
@@ -267,6 +269,10 @@ class EveryKeyTests(AlphaTestCase):
 
     def test_server_and_provider_become_options(self) -> None:
         options = dict(self.every_key().options)
+        (settings,) = cast(tuple[ProviderSettings, ...], options.pop("providers"))
+        self.assertEqual(
+            (settings.id, settings.type, settings.where), ("idp", "oidc", "providers[0]")
+        )
         expected_metrics = {"metrics_address": "127.0.0.1:9100"} if HAS_METRICS else {}
         self.assertEqual(
             options,
@@ -339,7 +345,13 @@ class EveryKeyTests(AlphaTestCase):
             "providers:\n- id: x\n  provider: oidc\n  useSystemTrustStore: false\n"
             "  azureConfig: {tenant: ''}\n  oidcConfig:\n    publicKeyFiles: []\n"
         )
-        self.assertEqual(alpha.options, {"provider": "oidc"})
+        self.assertEqual(
+            alpha.options,
+            {
+                "provider": "oidc",
+                "providers": (ProviderSettings("x", "oidc", (("provider", "oidc"),)),),
+            },
+        )
 
 
 class ErrorTests(AlphaTestCase):
@@ -578,12 +590,12 @@ injectRequestHeaders:
             ["from-env", "from-file", "binary", "secret"],
         )
 
-    def test_one_provider_with_supported_keys_only(self) -> None:
+    def test_providers_with_supported_keys_only(self) -> None:
         self.assertEqual(
-            self.problems("providers:\n- {provider: oidc}\n- {provider: github}\n"),
+            self.problems("providers:\n- {provider: oidc}\n- {provider: oidc}\n"),
             (
-                "providers: 2 providers given; several providers come with a later version of "
-                "oauthgate, give one",
+                "providers[1].id: 'oidc' is also the id of providers[0]; give each provider a "
+                "unique id (without an id, the id is the type 'oidc')",
             ),
         )
         self.assertEqual(
@@ -685,7 +697,9 @@ class SubstitutionTests(AlphaTestCase):
         self.assertEqual((spec.rewrite_target, spec.uri), ("/${2}/$1", "http://a:1/"))
 
 
-class LoaderTests(AlphaTestCase):
+class LoadingTestCase(AlphaTestCase):
+    """Loads alpha files with the loader, the rest of the options as flags."""
+
     def load(
         self,
         text: str,
@@ -711,6 +725,8 @@ class LoaderTests(AlphaTestCase):
         problems: tuple[str, ...] = e.problems
         return problems
 
+
+class LoaderTests(LoadingTestCase):
     def test_the_file_fills_the_config(self) -> None:
         config, warnings = self.load(
             "upstreamConfig:\n  proxyRawPath: true\n  upstreams:\n"
@@ -967,3 +983,137 @@ class DocumentationTests(AlphaTestCase):
         self.assertEqual(len(alpha.request_header_rules), 5)
         self.assertEqual(alpha.options["client_id"], "grafana")
         self.assertEqual(alpha.warnings, ())
+
+
+SEVERAL = """\
+upstreamConfig:
+  upstreams: [{id: app, path: /, uri: "http://127.0.0.1:8080/"}]
+providers:
+- id: corp
+  provider: oidc
+  clientID: corp-app
+  clientSecret: corp-secret
+  allowedGroups: [admins]
+  oidcConfig: {issuerURL: "https://corp.example.com"}
+- id: partner
+  provider: keycloak-oidc
+  name: Partner
+  clientID: partner-app
+  clientSecretFile: {secret_file}
+  clientAuthMethod: client_secret_post
+  emailDomains: [partner.example]
+  loginURLParameters: [{name: prompt, default: [login]}]
+  oidcConfig: {issuerURL: "https://sso.partner.example/realms/x", emailClaim: mail}
+"""
+
+
+class MultipleProvidersTests(LoadingTestCase):
+    def several(self, **changes: str) -> str:
+        text = SEVERAL.replace("{secret_file}", self.write("partner-secret\n", "partner"))
+        for old, new in changes.items():
+            text = text.replace(old, new)
+        return text
+
+    def test_every_provider_is_kept_with_its_id_type_and_options(self) -> None:
+        alpha = self.parse(self.several())
+        corp, partner = cast(tuple[ProviderSettings, ...], alpha.options["providers"])
+        self.assertEqual((corp.id, corp.type, corp.where), ("corp", "oidc", "providers[0]"))
+        self.assertEqual(
+            (partner.id, partner.type, partner.where), ("partner", "keycloak-oidc", "providers[1]")
+        )
+        options = dict(partner.options)
+        self.assertEqual(options["client_secret"], "partner-secret")
+        self.assertEqual(options["client_auth_method"], "client_secret_post")
+        self.assertEqual(options["prompt"], "login")
+        self.assertEqual(options["oidc_email_claim"], "mail")
+        self.assertEqual(partner.email_domains, ("partner.example",))
+        # The first provider is also the flat options, as in oauth2-proxy.
+        self.assertEqual(alpha.options["client_id"], "corp-app")
+        self.assertNotIn("partner-secret", repr(alpha))
+        self.assertNotIn("corp-secret", repr(partner) + repr(corp))
+
+    def test_each_provider_sees_the_shared_options_and_only_its_own(self) -> None:
+        config, _ = self.load(self.several())
+        corp, partner = provider_configs(config)
+        self.assertIs(corp.config, config)
+        self.assertEqual(partner.config.provider, "keycloak-oidc")
+        self.assertEqual(partner.config.client_id, "partner-app")
+        self.assertEqual(partner.config.allowed_groups, ())
+        self.assertEqual(partner.config.approval_prompt, "force")
+        self.assertEqual(partner.config.oidc_email_claim, "mail")
+        self.assertEqual(corp.config.oidc_email_claim, "email")
+        self.assertEqual(partner.config.email_domains, ("example.com",))
+        self.assertEqual(partner.config.cookie_secret, config.cookie_secret)
+
+    def test_without_a_list_there_is_one_provider_named_by_its_type(self) -> None:
+        (only,) = provider_configs(attrs.evolve(Config(), provider="oidc"))
+        self.assertEqual((only.id, only.type, only.where), ("oidc", "oidc", "provider"))
+
+    def test_ids_must_be_unique_and_not_reserved(self) -> None:
+        self.assertEqual(
+            self.problems(
+                "providers:\n- {id: a, provider: oidc}\n- {id: a, provider: github}\n"
+                '- {id: htpasswd, provider: oidc}\n- {id: "x\\ny", provider: oidc}\n'
+            ),
+            (
+                "providers[1].id: 'a' is also the id of providers[0]; give each provider a "
+                "unique id",
+                "providers[2].id: 'htpasswd' is reserved by oauthgate; choose another id",
+                "providers[3].id: must not contain line breaks or control characters",
+            ),
+        )
+
+    def test_email_domains_is_a_list(self) -> None:
+        self.assertEqual(
+            self.problems("providers:\n- {provider: oidc, emailDomains: example.com}\n"),
+            ("providers[0].emailDomains: expected a list of strings, got 'example.com'",),
+        )
+
+    def test_a_secret_and_its_file_at_once_or_an_unreadable_file_are_errors(self) -> None:
+        both = self.several(**{"  clientID: partner-app\n": "  clientID: p\n  clientSecret: s\n"})
+        self.assertEqual(
+            self.problems(both),
+            ("providers[1].clientSecretFile: give clientSecret or clientSecretFile, not both",),
+        )
+        missing = os.path.join(self.directory(), "missing")
+        text = SEVERAL.replace("{secret_file}", missing)
+        self.assertEqual(
+            self.problems(text),
+            (f"providers[1].clientSecretFile: cannot read {missing}: No such file or directory",),
+        )
+
+    def test_problems_of_a_further_provider_name_it(self) -> None:
+        text = self.several(
+            **{
+                "  clientID: partner-app\n": "",
+                'issuerURL: "https://sso.partner.example/realms/x"': 'issuerURL: "sso"',
+                "  clientAuthMethod: client_secret_post\n": "  clientAuthMethod: magic\n",
+            }
+        )
+        problems = self.load_problems(text)
+        self.assertIn(
+            "providers[1] (partner): client_id: required; set --client-id, "
+            "OAUTHGATE_CLIENT_ID or client_id",
+            problems,
+        )
+        self.assertIn(
+            "providers[1] (partner): client_auth_method: must be client_secret_basic, "
+            "client_secret_post, private_key_jwt, got 'magic'",
+            problems,
+        )
+        self.assertIn(
+            "providers[1] (partner): oidc_issuer_url: must be an absolute http:// or https:// "
+            "URL, got 'sso'",
+            problems,
+        )
+
+    def test_private_key_jwt_keys_move_to_the_provider_entry(self) -> None:
+        moved = moved_options({"providers"})
+        self.assertEqual(moved["client_auth_method"], "providers[0].clientAuthMethod")
+        self.assertEqual(moved["jwt_key_file"], "providers[0].jwtKeyFile")
+        alpha = self.parse(
+            "providers:\n- {provider: oidc, clientAuthMethod: private_key_jwt, "
+            "jwtKeyFile: /etc/key.pem}\n"
+        )
+        self.assertEqual(alpha.options["client_auth_method"], "private_key_jwt")
+        self.assertEqual(alpha.options["jwt_key_file"], "/etc/key.pem")

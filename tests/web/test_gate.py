@@ -1046,32 +1046,59 @@ class SignInOutTests(GateTestCase):
         self.assertEqual(attributes(set_cookies(page)[SESSION])["max-age"], "0")
         self.assertIsNone(world.browser.cookie(SESSION))
 
-    def test_sign_out_clears_the_session_and_goes_to_rd(self) -> None:
+    def test_sign_out_clears_the_session_and_ends_it_at_the_provider_then_goes_to_rd(
+        self,
+    ) -> None:
+        """RP-initiated logout: the provider's end_session_endpoint gets the id_token as a
+        hint and sends the browser back to rd, made absolute."""
         world = make_world()
         self.get_success(world.login())
+        session = self.get_success(world.session())
+        assert session is not None
         out = self.get_success(world.get("/oauth2/sign_out?rd=/bye", follow=False))
         self.assertEqual(out.status, 302)
-        self.assertEqual(out.header("location"), "/bye")
+        location = out.header("location") or ""
+        self.assertTrue(location.startswith(IDP + "/end_session?"), location)
+        self.assertEqual(
+            parse_qs(urlsplit(location).query),
+            {
+                "id_token_hint": [session.id_token],
+                "post_logout_redirect_uri": [APP + "/bye"],
+                "client_id": ["app"],
+            },
+        )
         self.assertEqual(attributes(set_cookies(out)[SESSION])["max-age"], "0")
         self.assertIsNone(world.browser.cookie(SESSION))
         self.assertEqual(self.get_success(world.get("/oauth2/auth")).status, 401)
+        back = self.get_success(world.get(location, follow=False))
+        self.assertEqual(back.header("location"), APP + "/bye")
+        self.assertEqual(len(world.idp.end_session_requests), 1)
 
     def test_sign_out_refuses_a_foreign_rd(self) -> None:
         world = make_world()
         self.get_success(world.login())
         out = self.get_success(world.get("/oauth2/sign_out?rd=https://evil.com/", follow=False))
-        self.assertEqual(out.header("location"), "/")
-
-    def test_sign_out_puts_the_id_token_into_rd(self) -> None:
-        world = make_world(whitelist_domains=("idp.test",))
-        self.get_success(world.login())
-        session = self.get_success(world.session())
-        assert session is not None and session.id_token
-        rd = IDP + "/end_session?id_token_hint={id_token}"
-        out = self.get_success(world.get(f"/oauth2/sign_out?rd={quote(rd, safe='')}", follow=False))
+        location = out.header("location") or ""
         self.assertEqual(
-            out.header("location"), f"{IDP}/end_session?id_token_hint={session.id_token}"
+            parse_qs(urlsplit(location).query)["post_logout_redirect_uri"], [APP + "/"]
         )
+
+    def test_sign_out_without_an_end_session_endpoint_goes_to_rd(self) -> None:
+        world = make_world(
+            skip_oidc_discovery=True,
+            login_url=IDP + "/authorize",
+            redeem_url=IDP + "/token",
+            oidc_jwks_url=IDP + "/jwks",
+        )
+        self.get_success(world.login())
+        out = self.get_success(world.get("/oauth2/sign_out?rd=/bye", follow=False))
+        self.assertEqual((out.status, out.header("location")), (302, "/bye"))
+        self.assertEqual(world.idp.end_session_requests, [])
+
+    def test_sign_out_without_a_session_goes_to_rd(self) -> None:
+        world = make_world()
+        out = self.get_success(world.get("/oauth2/sign_out?rd=/bye", follow=False))
+        self.assertEqual((out.status, out.header("location")), (302, "/bye"))
 
     def test_sign_out_calls_the_backend_logout_url_with_the_id_token(self) -> None:
         logout = RecordingResource()
@@ -1094,14 +1121,16 @@ class SignInOutTests(GateTestCase):
         world.clock.advance(1)
         world.flush()
         answer = self.successResultOf(out)
-        self.assertEqual((answer.status, answer.header("location")), (302, "/bye"))
+        self.assertEqual(answer.status, 302)
+        self.assertTrue((answer.header("location") or "").startswith(IDP + "/end_session?"))
         self.assertIsNone(world.browser.cookie(SESSION))
 
     def test_sign_out_completes_when_the_backend_logout_fails(self) -> None:
         world = make_world(backend_logout_url="https://nowhere.test/logout?token={id_token}")
         self.get_success(world.login())
         answer = self.get_success(world.get("/oauth2/sign_out?rd=/bye", follow=False))
-        self.assertEqual((answer.status, answer.header("location")), (302, "/bye"))
+        self.assertEqual(answer.status, 302)
+        self.assertTrue((answer.header("location") or "").startswith(IDP + "/end_session?"))
 
     def test_sign_out_without_a_session_calls_no_backend(self) -> None:
         logout = RecordingResource()
