@@ -168,6 +168,8 @@ def _check_provider(config: Config, problems: list[str]) -> None:
         not config.client_secret
         and not config.code_challenge_method
         and config.client_auth_method != "private_key_jwt"
+        and config.provider != "login.gov"  # authenticates with --jwt-key, never a secret
+        and not config.entra_id_federated_token_auth
     ):
         problems.append(
             "client_secret: required (or client_secret_file); a public client without a "

@@ -4,8 +4,8 @@ oauth2-proxy's deprecated non-OIDC Keycloak provider. The login goes to ``login_
 the code is redeemed at ``redeem_url``, and who the user is comes from one GET of
 ``profile_url`` (Keycloak's userinfo endpoint) with the access token: ``email``,
 ``groups`` (with a Group Membership mapper), ``preferred_username`` and ``user`` (or the
-subject, ``sub``). No id_token is verified and sessions are not refreshed: prefer
-``--provider=keycloak-oidc``.
+subject, ``sub``); an email marked unverified is refused, as for OpenID Connect. No
+id_token is verified and sessions are not refreshed: prefer ``--provider=keycloak-oidc``.
 
 The default URLs are oauth2-proxy's placeholders on ``keycloak.org``; they never work,
 so oauthgate refuses to start until all three are set to the realm's endpoints.

@@ -291,11 +291,11 @@ class FileTests(LoaderTestCase):
         )
 
     def test_oauth2_proxy_keys_not_supported_yet_say_so(self) -> None:
-        path = self.write('client_id = "app"\ngithub_org = "acme"\nmetrics_address = ":9090"\n')
+        path = self.write('client_id = "app"\ntls_cert_file = "/etc/tls.pem"\nmetrics_address = ":9090"\n')
         self.assertEqual(
             self.problems(config_file=path),
             (
-                f"{path}:2: option 'github_org' (oauth2-proxy) is not supported by "
+                f"{path}:2: option 'tls_cert_file' (oauth2-proxy) is not supported by "
                 "this version of oauthgate",
                 f"{path}:3: option 'metrics_address' (oauth2-proxy) is not supported by "
                 "this version of oauthgate",
@@ -306,7 +306,6 @@ class FileTests(LoaderTestCase):
         keys = {spec.key for spec in option_specs()}
         self.assertEqual(UNSUPPORTED_OAUTH2_PROXY_KEYS & keys, set())
         for key in (
-            "github_org",
             "metrics_address",
             "https_address",
             "tls_cert_file",

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, cast
 
 import attrs
 import jwt
@@ -237,7 +236,7 @@ class PrivateKeyJWTTests(GateTestCase):
                 client_auth_method="private_key_jwt",
                 jwt_key=EC_PEM.decode(),
             ),
-            world.http,
+            cast(Any, world.http),
             world.clock,
             random=lambda n: b"\x01" * n,
         )
@@ -261,11 +260,7 @@ class PrivateKeyJWTTests(GateTestCase):
         }
 
         async def post() -> tuple[int, Any]:
-            response = await world.http.post(
-                TOKEN_URL,
-                data=urlencode(form).encode(),
-                headers={b"Content-Type": [b"application/x-www-form-urlencoded"]},
-            )
+            response = await world.http.post(TOKEN_URL, data=list(form.items()))
             return response.code, json.loads(await response.content())
 
         status, body = self.successResultOf(Deferred.fromCoroutine(post()))
