@@ -291,7 +291,9 @@ class FileTests(LoaderTestCase):
         )
 
     def test_oauth2_proxy_keys_not_supported_yet_say_so(self) -> None:
-        path = self.write('client_id = "app"\ntls_cert_file = "/etc/tls.pem"\nmetrics_address = ":9090"\n')
+        path = self.write(
+            'client_id = "app"\ntls_cert_file = "/etc/tls.pem"\nmetrics_address = ":9090"\n'
+        )
         self.assertEqual(
             self.problems(config_file=path),
             (

@@ -494,3 +494,21 @@ class AssemblyTests(GateTestCase):
         bearer = world.components.gate.credentials.bearer
         assert bearer is not None
         self.assertEqual(set(bearer.issuers), {"https://other.test"})
+
+
+class DocumentationTests(GateTestCase):
+    def test_the_documented_example_loads(self) -> None:
+        """docs/providers/multiple.md's example is a valid file (secret paths swapped)."""
+        docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "providers")
+        with open(os.path.join(docs, "multiple.md"), encoding="utf-8") as f:
+            text = f.read()
+        example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+        secret = write("s3cret\n")
+        self.addCleanup(os.unlink, secret)
+        for path in ("/etc/oauthgate/staff-secret", "/etc/oauthgate/partner-secret"):
+            example = example.replace(path, secret)
+        staff, partners = provider_configs(load(example))
+        self.assertEqual((staff.id, staff.type), ("staff", "oidc"))
+        self.assertEqual((partners.id, partners.type), ("partners", "keycloak-oidc"))
+        self.assertEqual(partners.config.client_secret, "s3cret")
+        self.assertEqual(partners.email_domains, ("partner.example",))
