@@ -60,7 +60,7 @@ UNSUPPORTED_OAUTH2_PROXY_KEYS = frozenset(
         "force_code_challenge_method",
         # provider specific
         "github_org", "github_team", "github_repo", "github_token", "github_users",
-        "gitlab_groups", "gitlab_projects", "google_group", "google_groups",
+        "gitlab_groups", "gitlab_projects", "google_groups",
         "google_admin_email", "google_service_account_json",
         "google_use_application_default_credentials", "google_target_principal",
         "google_use_organization_id", "google_admin_api_user_scope", "azure_tenant",
@@ -87,6 +87,9 @@ UNSUPPORTED_OAUTH2_PROXY_KEYS = frozenset(
     }
 )  # fmt: skip
 UNSUPPORTED_OAUTH2_PROXY_KEYS -= {spec.key for spec in option_specs()}
+
+LEGACY_KEYS = {"google_group": "google_groups"}
+"""Old oauth2-proxy keys that still work (with a warning), and the key they stand for."""
 """cfg keys oauth2-proxy knows that this version of oauthgate does not implement yet
 (an option added to the table leaves this set by itself)."""
 
@@ -153,7 +156,7 @@ def load_config(
 
     file_values: dict[str, object] = {}
     if config_file is not None:
-        file_values = _read_file(config_file, specs, problems, failed)
+        file_values = _read_file(config_file, specs, problems, failed, warnings)
     env_values = _read_environ(environ, specs, problems, warnings, failed)
     flag_values = _read_flags(flags, specs, problems, failed)
 
@@ -271,6 +274,18 @@ def _read_environ(
         for spec in specs.values()
         if spec.flag.replace("-", "_") != spec.key
     }
+    for old, new in LEGACY_KEYS.items():
+        for prefix in _ENV_PREFIXES:
+            name = prefix + old.upper()
+            if name in environ and new in specs:
+                known.add(name)
+                warnings.append(f"{name} is deprecated; use {prefix + new.upper()}")
+                if new not in values:
+                    try:
+                        values[new] = parse_text(specs[new], environ[name])
+                    except ValueError as e:
+                        problems.append(f"{name}: {e}")
+                        failed.add(new)
     for name in sorted(environ):
         if name.startswith(_ENV_PREFIXES) and name not in known:
             _check_unknown_variable(name, specs, by_flag, problems, warnings)
@@ -320,6 +335,7 @@ def _read_file(
     specs: Mapping[str, OptionSpec],
     problems: list[str],
     failed: set[str],
+    warnings: list[str] | None = None,
 ) -> dict[str, object]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -341,6 +357,13 @@ def _read_file(
         line = _line_of(text, key)
         where = path if line is None else f"{path}:{line}"
         spec = specs.get(key)
+        if spec is None and key in LEGACY_KEYS and LEGACY_KEYS[key] in specs:
+            new = LEGACY_KEYS[key]
+            if warnings is not None:
+                warnings.append(f"{where}: '{key}' is deprecated; write '{new}'")
+            if new in document:
+                continue  # the new key, given too, wins
+            key, spec = new, specs[new]
         if spec is None:
             if key in UNSUPPORTED_OAUTH2_PROXY_KEYS:
                 problems.append(

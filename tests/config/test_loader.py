@@ -454,3 +454,31 @@ class ProblemReportingTests(LoaderTestCase):
         for line in problems:
             for secret in (cookie_secret, client_secret, password):
                 self.assertNotIn(secret, line)
+
+
+class LegacyKeyTests(SynchronousTestCase):
+    """oauth2-proxy still honours its old singular google_group key; so do we, warning."""
+
+    def test_the_old_google_group_key_in_a_file_and_env_still_works(self) -> None:
+        import os
+        import tempfile
+
+        from oauthgate.config.loader import _read_environ, _read_file
+        from oauthgate.config.options import option_specs
+
+        specs = {spec.key: spec for spec in option_specs()}
+        problems: list[str] = []
+        warnings: list[str] = []
+        fd, path = tempfile.mkstemp(suffix=".cfg")
+        with os.fdopen(fd, "w") as f:
+            f.write('google_group = ["admins@example.com"]\n')
+        self.addCleanup(os.unlink, path)
+        values = _read_file(path, specs, problems, set(), warnings)
+        self.assertEqual(values, {"google_groups": ("admins@example.com",)})
+        self.assertEqual(problems, [])
+        self.assertIn("deprecated", warnings[0])
+        env = _read_environ(
+            {"OAUTH2_PROXY_GOOGLE_GROUP": "a@x.com,b@x.com"}, specs, problems, warnings, set()
+        )
+        self.assertEqual(env, {"google_groups": ("a@x.com", "b@x.com")})
+        self.assertEqual(problems, [])
