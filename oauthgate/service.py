@@ -32,6 +32,7 @@ from oauthgate.config.options import Config
 from oauthgate.config.validate import listen_description
 from oauthgate.errors import ConfigError
 from oauthgate.interfaces import IAuthorizer, IProvider, ISessionStore, IUpstream
+from oauthgate.metrics import NO_METRICS, MeteredStore, Metrics, MetricsResource
 from oauthgate.plugins import Plugins
 from oauthgate.pool import persistent_pool
 from oauthgate.providers.keycloak import role_groups
@@ -80,6 +81,8 @@ class Components:
     connection, the password-check thread pool), in start order."""
     providers: Mapping[str, IProvider] = attrs.field(factory=dict)
     """Every identity provider by id, in sign-in page order."""
+    metrics: Metrics | None = None
+    """The Prometheus metrics, when a metrics listener is configured."""
 
 
 def build_components(
@@ -90,6 +93,7 @@ def build_components(
     http_client: Any = None,
     upstream_factory: Callable[[str], IUpstream] | None = None,
     random: Callable[[int], bytes] = os.urandom,
+    metrics: Metrics | None = None,
 ) -> Components:
     """Build and check every component the configuration names.
 
@@ -126,6 +130,8 @@ def build_components(
             minimal=config.session_cookie_minimal,
         )
     verifyObject(ISessionStore, store)
+    if metrics is not None:
+        store = MeteredStore(store, metrics)
 
     emails = EmailAuthorizer.from_config(config, reactor)
     parts.append(_Part("emails file", emails.start, emails.stop))
@@ -200,6 +206,7 @@ def build_components(
         random=random,
         access=AccessRules.from_config(config),
         credentials=credentials,
+        metrics=metrics if metrics is not None else NO_METRICS,
     )
     return Components(
         gate,
@@ -209,6 +216,7 @@ def build_components(
         tuple(upstreams),
         tuple(parts),
         MappingProxyType({e.id: e.provider for e in gate_providers}),
+        metrics,
     )
 
 
@@ -332,7 +340,9 @@ def _is_coroutine_fn(fn: Any) -> bool:
 def build_service(config: Config, *, reactor: Any, plugins: Plugins) -> MultiService:
     """The whole oauthgate process as one service: the web server and, in demo mode, the
     built-in identity provider and echo upstream."""
-    components = build_components(config, reactor=reactor, plugins=plugins)
+    metrics_listeners = _metrics_listeners(config)
+    metrics = Metrics() if metrics_listeners else None
+    components = build_components(config, reactor=reactor, plugins=plugins, metrics=metrics)
     service = OAuthGateService(components)
     gate = components.gate
     site = GateSite(
@@ -341,15 +351,63 @@ def build_service(config: Config, *, reactor: Any, plugins: Plugins) -> MultiSer
         enabled=config.request_logging,
         exclude_paths=_excluded_paths(config),
         client_ip=gate.client_ip,
+        metrics=gate.metrics,
     )
     try:
         description = listen_description(config.http_address)
     except ValueError as e:
         raise ConfigError([f"http_address: {e}"]) from None
     strports.service(description, site, reactor=reactor).setServiceParent(service)
+    if metrics is not None:
+        metrics_site = _DemoSite(MetricsResource(metrics))
+        for listener in metrics_listeners:
+            strports.service(listener, metrics_site, reactor=reactor).setServiceParent(service)
     if config.demo:
         _add_demo(service, config, reactor)
     return service
+
+
+def _metrics_listeners(config: Config) -> list[str]:
+    """The endpoint descriptions metrics are served on: ``metrics_address`` as it is, and
+    ``metrics_secure_address`` as an ssl: endpoint with the metrics certificate and key."""
+    listeners = []
+    problems = []
+    if config.metrics_address:
+        try:
+            listeners.append(listen_description(config.metrics_address))
+        except ValueError as e:
+            problems.append(f"metrics_address: {e}")
+    if config.metrics_secure_address:
+        if not (config.metrics_tls_cert_file and config.metrics_tls_key_file):
+            problems.append(
+                "metrics_secure_address: set metrics_tls_cert_file and metrics_tls_key_file too"
+            )
+        else:
+            try:
+                listeners.append(
+                    _tls_description(
+                        listen_description(config.metrics_secure_address),
+                        config.metrics_tls_cert_file,
+                        config.metrics_tls_key_file,
+                    )
+                )
+            except ValueError as e:
+                problems.append(f"metrics_secure_address: {e}")
+    if problems:
+        raise ConfigError(problems)
+    return listeners
+
+
+def _tls_description(plain: str, cert_file: str, key_file: str) -> str:
+    """``tcp:PORT[:interface=H]`` (or tcp6:) as ``ssl:PORT[:interface=H]`` with the files."""
+    kind, _, rest = plain.partition(":")
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError("give host:port (the TLS listener is built from it)")
+
+    def escape(path: str) -> str:
+        return path.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+    return f"ssl:{rest}:privateKey={escape(key_file)}:certKey={escape(cert_file)}"
 
 
 def _excluded_paths(config: Config) -> list[str]:

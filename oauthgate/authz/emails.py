@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from oauthgate.authz.watch import FileWatcher
 from oauthgate.errors import ConfigError
 from oauthgate.interfaces import Decision, IAuthorizer, RequestInfo
 from oauthgate.session import Session
 
 __all__ = ["EmailAuthorizer", "read_emails_file"]
-
-_Signature = tuple[int, int, int]
 
 
 def read_emails_file(path: str) -> frozenset[str]:
@@ -42,11 +37,6 @@ def read_emails_file(path: str) -> frozenset[str]:
         if first and not first.startswith("#"):
             emails.add(first)
     return frozenset(emails)
-
-
-def _signature(path: str) -> _Signature:
-    st = os.stat(path)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 @implementer(IAuthorizer)
@@ -76,7 +66,6 @@ class EmailAuthorizer:
     ) -> None:
         self._clock = clock
         self._path = emails_file or None
-        self._poll_interval = poll_interval
         self._allow_all = False
         exact: set[str] = set()
         suffixes: set[str] = set()
@@ -95,13 +84,20 @@ class EmailAuthorizer:
         self._domains = frozenset(exact)
         self._suffixes = tuple(sorted(suffixes))
         self._emails: frozenset[str] = frozenset()
-        self._file_signature: _Signature | None = None
-        self._failing = False
-        self._call: LoopingCall | None = None
+        self._watcher: FileWatcher[frozenset[str]] | None = None
         if self._path is not None:
+            self._watcher = FileWatcher(
+                self._path,
+                clock,
+                read_emails_file,
+                self._reloaded,
+                on_error=self._reload_failed,
+                log=self.log,
+                name="the authenticated emails file",
+                poll_interval=poll_interval,
+            )
             try:
-                self._file_signature = _signature(self._path)
-                self._emails = read_emails_file(self._path)
+                self._emails = self._watcher.load_now()
             except (OSError, ValueError) as e:
                 raise ConfigError(
                     [f"authenticated_emails_file: cannot read {self._path!r}: {e}"]
@@ -114,19 +110,13 @@ class EmailAuthorizer:
 
     def start(self) -> None:
         """Start watching the emails file for changes (no-op without a file or if started)."""
-        if self._path is None or self._call is not None:
-            return
-        call = LoopingCall(self._poll)
-        call.clock = self._clock
-        self._call = call
-        d: Deferred[LoopingCall] = call.start(self._poll_interval, now=False)
-        d.addErrback(self._poll_crashed)
+        if self._watcher is not None:
+            self._watcher.start()
 
     def stop(self) -> None:
         """Stop watching the emails file."""
-        call, self._call = self._call, None
-        if call is not None and call.running:
-            call.stop()
+        if self._watcher is not None:
+            self._watcher.stop()
 
     def check_email(self, email: str) -> Decision:
         """The decision for ``email``; the reason is meant to be shown to that user."""
@@ -154,34 +144,19 @@ class EmailAuthorizer:
             return Decision.allow()
         return self.check_email(session.email)
 
-    def _poll(self) -> None:
-        assert self._path is not None
-        try:
-            signature = _signature(self._path)
-            if signature == self._file_signature:
-                return
-            emails = read_emails_file(self._path)
-        except (OSError, ValueError) as e:
-            self._file_signature = None  # reload once it is back, even if unchanged
-            if not self._failing:
-                self._failing = True
-                self.log.error(
-                    "Cannot reload the authenticated emails file {path}; keeping the "
-                    "{count} addresses loaded before: {error}",
-                    path=self._path,
-                    count=len(self._emails),
-                    error=str(e),
-                )
-            return
+    def _reload_failed(self, error: Exception) -> None:
+        self.log.error(
+            "Cannot reload the authenticated emails file {path}; keeping the "
+            "{count} addresses loaded before: {error}",
+            path=self._path,
+            count=len(self._emails),
+            error=str(error),
+        )
+
+    def _reloaded(self, emails: frozenset[str]) -> None:
         self._emails = emails
-        self._file_signature = signature
-        self._failing = False
         self.log.info(
             "Reloaded the authenticated emails file {path}: {count} addresses",
             path=self._path,
             count=len(emails),
         )
-
-    def _poll_crashed(self, failure: Failure) -> None:
-        self._call = None
-        self.log.failure("Watching the authenticated emails file stopped", failure)

@@ -28,12 +28,11 @@ import attrs
 import bcrypt
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from oauthgate.authz.watch import FileWatcher
 from oauthgate.errors import ConfigError
 from oauthgate.providers.jwks import SingleFlight
 from oauthgate.session import Session
@@ -56,7 +55,6 @@ _BCRYPT = re.compile(r"\$2[abxy]\$(\d\d)\$[./A-Za-z0-9]{53}\Z")
 _BCRYPT_MAX_PASSWORD = 72  # bcrypt reads no further; the bcrypt package refuses longer ones
 _DEFAULT_COST = 10
 _SHA_DUMMY = bytes(20)
-_Signature = tuple[int, int, int]
 
 
 def in_thread_pool(reactor: IReactorFromThreads, pool: ThreadPool) -> RunBlocking:
@@ -197,11 +195,6 @@ def _read(path: str) -> HtpasswdFile:
     return parse_htpasswd(text)
 
 
-def _signature(path: str) -> _Signature:
-    st = os.stat(path)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 def _sha1(password: bytes) -> bytes:
     return hashlib.sha1(password).digest()
 
@@ -254,17 +247,23 @@ class Htpasswd:
         self._clock = clock
         self._run_blocking = run_blocking
         self._user_groups = tuple(g for g in user_groups if g.strip())
-        self._poll_interval = poll_interval
         self._cache_ttl = cache_ttl
         self._cache_size = cache_size
         self._cache_key = random(32)
         self._cache: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
         self._in_flight: dict[tuple[bytes, bytes], SingleFlight[bool]] = {}
-        self._call: LoopingCall | None = None
-        self._failing = False
+        self._watcher = FileWatcher(
+            path,
+            clock,
+            _read,
+            self._reloaded,
+            on_error=self._reload_failed,
+            log=self.log,
+            name="the htpasswd file",
+            poll_interval=poll_interval,
+        )
         try:
-            self._file_signature: _Signature | None = _signature(path)
-            loaded = _read(path)
+            loaded = self._watcher.load_now()
         except (OSError, ValueError) as e:
             raise ConfigError([f"htpasswd_file: cannot read {path!r}: {e}"]) from None
         self._use(loaded)
@@ -276,19 +275,11 @@ class Htpasswd:
 
     def start(self) -> None:
         """Start watching the file for changes (no-op if started)."""
-        if self._call is not None:
-            return
-        call = LoopingCall(self._poll)
-        call.clock = self._clock
-        self._call = call
-        d: Deferred[LoopingCall] = call.start(self._poll_interval, now=False)
-        d.addErrback(self._poll_crashed)
+        self._watcher.start()
 
     def stop(self) -> None:
         """Stop watching the file."""
-        call, self._call = self._call, None
-        if call is not None and call.running:
-            call.stop()
+        self._watcher.stop()
 
     async def check(self, user: str, password: str) -> bool:
         """True if ``password`` is ``user``'s. Never raises for any input."""
@@ -378,33 +369,19 @@ class Htpasswd:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def _poll(self) -> None:
-        try:
-            signature = _signature(self._path)
-            if signature == self._file_signature:
-                return
-            loaded = _read(self._path)
-        except (OSError, ValueError) as e:
-            self._file_signature = None  # reload once it is back, even if unchanged
-            if not self._failing:
-                self._failing = True
-                self.log.error(
-                    "Cannot reload the htpasswd file {path}; keeping the {count} users "
-                    "loaded before: {error}",
-                    path=self._path,
-                    count=len(self._entries),
-                    error=str(e),
-                )
-            return
-        self._failing = False
-        self._file_signature = signature
+    def _reload_failed(self, error: Exception) -> None:
+        self.log.error(
+            "Cannot reload the htpasswd file {path}; keeping the {count} users "
+            "loaded before: {error}",
+            path=self._path,
+            count=len(self._entries),
+            error=str(error),
+        )
+
+    def _reloaded(self, loaded: HtpasswdFile) -> None:
         self._use(loaded)
         self.log.info(
             "Reloaded the htpasswd file {path}: {count} users",
             path=self._path,
             count=len(self._entries),
         )
-
-    def _poll_crashed(self, failure: Failure) -> None:
-        self._call = None
-        self.log.failure("Watching the htpasswd file stopped", failure)

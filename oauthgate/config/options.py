@@ -80,6 +80,12 @@ class Config:
         "trust X-Forwarded-Proto/-Host/-Uri and the real client IP header "
         "(only behind a proxy that sets them)",
     )
+    forward_auth_mode: str = _opt(
+        "auto",
+        "how /oauth2/auth answers a browser without a session: nginx (always 401, for "
+        "nginx auth_request), redirect (302 to the sign-in, for Caddy forward_auth and "
+        "Traefik forwardAuth), auto (redirect when a trusted proxy sent X-Forwarded-Method)",
+    )
     real_client_ip_header: str = _opt(
         "X-Real-IP",
         "header with the client address when --reverse-proxy "
@@ -466,6 +472,20 @@ class Config:
         kind="duration",
     )
     disable_keep_alives: bool = _opt(False, "open a new upstream connection for every request")
+
+    # --- metrics ----------------------------------------------------------------------
+    metrics_address: str = _opt(
+        "",
+        "where Prometheus metrics are served (any path): host:port or a Twisted endpoint "
+        "description; empty: no metrics listener",
+    )
+    metrics_secure_address: str = _opt(
+        "",
+        "host:port where metrics are served over TLS, with --metrics-tls-cert-file and "
+        "--metrics-tls-key-file; empty: none",
+    )
+    metrics_tls_cert_file: str = _opt("", "the certificate (PEM) of the TLS metrics listener")
+    metrics_tls_key_file: str = _opt("", "the private key (PEM) of the TLS metrics listener")
 
     # --- pages ------------------------------------------------------------------------
     custom_templates_dir: str = _opt("", "a folder with sign_in.html and error.html overrides")

@@ -180,6 +180,10 @@ def _check_provider(config: Config, problems: list[str]) -> None:
             f"client_auth_method: must be {', '.join(_CLIENT_AUTH_METHODS)}, "
             f"got {config.client_auth_method!r}"
         )
+    if config.forward_auth_mode not in ("auto", "nginx", "redirect"):
+        problems.append(
+            f"forward_auth_mode: must be auto, nginx or redirect, got {config.forward_auth_mode!r}"
+        )
     if config.code_challenge_method not in ("", "S256", "plain"):
         problems.append(
             f"code_challenge_method: must be S256, plain or empty, "

@@ -14,7 +14,7 @@ the token endpoint); the identity comes from Bitbucket's 2.0 API, whose host is 
 Access rules, checked on every request: ``bitbucket_team`` (membership of that
 workspace, from the groups) and ``bitbucket_repository`` (``workspace/repo`` among the
 user's repositories with the contributor role, ``GET /2.0/repositories/<workspace>?
-role=contributor``, asked at most every :data:`~oauthgate.providers.github.ACCESS_RECHECK`
+role=contributor``, asked at most every :data:`~oauthgate.providers.oauth2.ACCESS_RECHECK`
 seconds per session). Every listing is paged through its ``next`` link, on the API's
 host only. The access token goes in the ``Authorization`` header, never in a URL, and is
 never logged. No refresh: a session lasts until its access token expires.
@@ -22,7 +22,6 @@ never logged. No refresh: a session lasts until its access token expires.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -32,7 +31,6 @@ import attrs
 
 from oauthgate.config.options import Config
 from oauthgate.errors import ProviderError
-from oauthgate.providers.github import AccessMemo
 from oauthgate.providers.jwks import fetch
 from oauthgate.providers.oauth2 import OAuth2Provider, OAuth2ProviderFactory
 from oauthgate.session import Session
@@ -61,12 +59,6 @@ class BitbucketProvider(OAuth2Provider):
     default_scope: ClassVar[str] = "email"
     client_auth: ClassVar[str] = "basic"
     supports_refresh: ClassVar[bool] = False
-
-    _memo: AccessMemo = attrs.field(init=False)
-
-    @_memo.default
-    def _memo_default(self) -> AccessMemo:
-        return AccessMemo(self._clock)
 
     @classmethod
     def check_config(cls, config: Config) -> list[str]:
@@ -173,42 +165,21 @@ class BitbucketProvider(OAuth2Provider):
             return False
         return True
 
-    def _refused(self, session: Session, reason: str) -> None:
-        self.log.info(
-            "{provider}: refused {user}: {reason}",
-            provider=self.id,
-            user=session.user,
-            reason=reason,
-        )
-
     async def _repository_access(self, session: Session) -> bool:
         """Whether the user contributes to ``bitbucket_repository`` (fails closed)."""
-        fingerprint = hashlib.sha256(session.access_token.encode("utf-8")).hexdigest()
-        key = AccessMemo.key("repository", session.user, fingerprint)
-        known = self._memo.get(key)
-        if known is not None:
-            return known
         wanted = self._config.bitbucket_repository
-        owner = wanted.split("/", 1)[0]
-        query = urlencode({"role": "contributor", "q": f'full_name="{wanted}"', "pagelen": 100})
-        url = f"{self.api_url}/2.0/repositories/{quote(owner, safe='')}?{query}"
-        try:
+
+        async def check() -> bool:
+            owner = wanted.split("/", 1)[0]
+            query = urlencode({"role": "contributor", "q": f'full_name="{wanted}"', "pagelen": 100})
+            url = f"{self.api_url}/2.0/repositories/{quote(owner, safe='')}?{query}"
             repositories = await self._list(url, session.access_token, "Bitbucket's repositories")
-        except ProviderError as e:
-            self.log.error(
-                "{provider}: cannot check {user}'s access to {repository}: {error}",
-                provider=self.id,
-                user=session.user,
-                repository=wanted,
-                error=str(e),
+            return any(
+                isinstance(r.get("full_name"), str) and r["full_name"].lower() == wanted.lower()
+                for r in repositories
             )
-            return False
-        allowed = any(
-            isinstance(r.get("full_name"), str) and r["full_name"].lower() == wanted.lower()
-            for r in repositories
-        )
-        self._memo.put(key, allowed)
-        return allowed
+
+        return await self._remembered_access(session, wanted, check)
 
     # --- API helpers --------------------------------------------------------------------
 

@@ -15,12 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import attrs
-
-from oauthgate.errors import ProviderError
 from oauthgate.providers.claims import get_claim
-from oauthgate.providers.oidc import OIDCProvider, OIDCProviderFactory, _Discovered
-from oauthgate.session import Session
+from oauthgate.providers.oidc import OIDCProvider, OIDCProviderFactory
 
 __all__ = ["DEFAULT_SCOPE", "ROLE_PREFIX", "CidaasProvider", "cidaas_groups", "factory"]
 
@@ -99,24 +95,9 @@ class CidaasProvider(OIDCProvider):
                 updates["groups"] = groups
         return updates
 
-    async def _refresh_groups(self, discovered: _Discovered, session: Session) -> Session:
-        """As OpenID Connect's (userinfo after a refresh without an id_token), Cidaas-shaped.
-
-        The previous groups are kept when userinfo is not to be asked or fails.
-        """
-        if self._config.skip_claims_from_profile_url:
-            return session
-        try:
-            claims = await self._userinfo(discovered, session.access_token, session.user)
-        except ProviderError as e:
-            self.log.warn(
-                "Not using userinfo after a refresh, keeping the previous groups: {reason}",
-                reason=str(e),
-            )
-            return session
-        if claims is None:
-            return session
-        return attrs.evolve(session, groups=self._groups_from(claims))
+    def _userinfo_groups(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
+        """As OpenID Connect's (userinfo after a refresh without an id_token), Cidaas-shaped."""
+        return self._groups_from(claims)
 
 
 factory = OIDCProviderFactory("cidaas", CidaasProvider)

@@ -37,7 +37,7 @@ from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError, ProviderError, RefreshError, TokenError
 from oauthgate.interfaces import IProviderFactory
 from oauthgate.providers.jwks import HTTPClientLike, fetch
-from oauthgate.providers.oidc import Endpoints, OIDCProvider, _printable, _same_issuer
+from oauthgate.providers.oidc import OIDCProvider, _printable, _same_issuer
 from oauthgate.session import Session
 
 __all__ = [
@@ -235,55 +235,19 @@ class EntraIDProvider(OIDCProvider):
         self._token_tenant(claims)
         super()._check_claims({**claims, "iss": self._config.oidc_issuer_url}, nonce)
 
-    async def _fetch_discovery(self) -> Endpoints:
-        """Discovery at the configured issuer; a multi-tenant issuer's document names
+    def _check_discovered_issuer(self, issuer: object, url: str) -> None:
+        """A multi-tenant issuer's discovery document names
         ``https://login.microsoftonline.com/{tenantid}/v2.0`` as its issuer."""
-        config = self._config
-        url = config.oidc_issuer_url.rstrip("/") + "/.well-known/openid-configuration"
-        result = await fetch(
-            self._http_client,
-            self._clock,
-            "GET",
-            url,
-            what="OIDC discovery",
-            headers={b"Accept": [b"application/json"]},
-        )
-        if result.code != 200:
-            raise ProviderError(f"OIDC discovery ({url}) answered HTTP {result.code}")
-        document = result.json("OIDC discovery", url)
-        if not isinstance(document, dict):
-            raise ProviderError(f"OIDC discovery ({url}) did not answer a JSON object")
-        issuer = document.get("issuer")
         expected = (
             self._issuer_for_tenant("{tenantid}")
             if self._multi_tenant()
-            else config.oidc_issuer_url
+            else self._config.oidc_issuer_url
         )
-        if not config.insecure_oidc_skip_issuer_verification and not (
-            isinstance(issuer, str) and _same_issuer(issuer, expected)
-        ):
+        if not (isinstance(issuer, str) and _same_issuer(issuer, expected)):
             raise ProviderError(
                 f"OIDC discovery ({url}) names the issuer {_printable(issuer)!r}, "
                 f"expected {expected!r}"
             )
-
-        def endpoint(configured: str, key: str, required: bool) -> str:
-            value = configured or document.get(key) or ""
-            if not isinstance(value, str) or (required and not value):
-                raise ProviderError(f"OIDC discovery ({url}) has no {key}")
-            return value
-
-        methods = document.get("code_challenge_methods_supported")
-        return Endpoints(
-            login=endpoint(config.login_url, "authorization_endpoint", True),
-            redeem=endpoint(config.redeem_url, "token_endpoint", True),
-            jwks=endpoint(config.oidc_jwks_url, "jwks_uri", True),
-            profile=endpoint(config.profile_url, "userinfo_endpoint", False),
-            end_session=endpoint("", "end_session_endpoint", False),
-            code_challenge_methods=tuple(m for m in methods if isinstance(m, str))
-            if isinstance(methods, list)
-            else (),
-        )
 
     # --- IProvider ----------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ refresh: a session lasts until its cookie expires.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -34,12 +33,16 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 
 from oauthgate.config.options import Config
 from oauthgate.errors import ProviderError
 from oauthgate.providers.jwks import HTTPClientLike, HTTPResult, fetch
-from oauthgate.providers.oauth2 import OAuth2Provider, OAuth2ProviderFactory
+from oauthgate.providers.oauth2 import (
+    ACCESS_RECHECK,
+    AccessMemo,
+    OAuth2Provider,
+    OAuth2ProviderFactory,
+)
 from oauthgate.session import Session
 
 __all__ = [
@@ -54,8 +57,6 @@ __all__ = [
 ]
 
 DEFAULT_API_URL = "https://api.github.com/"
-ACCESS_RECHECK = 300.0
-"""Seconds a repository access decision is reused before the API is asked again."""
 MAX_PAGES = 50
 """Pages of a listing (100 entries each) read at most; the rest is ignored (and logged)."""
 
@@ -93,48 +94,6 @@ def _same_origin(url: str, base: str) -> bool:
     return (a.scheme.lower(), a.netloc.lower()) == (b.scheme.lower(), b.netloc.lower())
 
 
-def _fingerprint(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
-
-
-@attrs.define
-class AccessMemo:
-    """Access decisions remembered for ``ttl`` seconds of ``clock``, keyed by a hash.
-
-    Keys are made with :meth:`key` from values that may be secret (an access token):
-    only a hash of them is kept. At most ``limit`` decisions are kept; the oldest go first.
-    """
-
-    _clock: IReactorTime
-    ttl: float = ACCESS_RECHECK
-    limit: int = 10_000
-    _entries: dict[str, tuple[float, bool]] = attrs.field(factory=dict, repr=False)
-
-    @staticmethod
-    def key(*parts: str) -> str:
-        return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
-
-    def get(self, key: str) -> bool | None:
-        """The remembered decision, or None if there is none still valid."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[0] <= self._clock.seconds():
-            del self._entries[key]
-            return None
-        return entry[1]
-
-    def put(self, key: str, allowed: bool) -> None:
-        now = self._clock.seconds()
-        self._entries.pop(key, None)
-        if len(self._entries) >= self.limit:
-            for old in [k for k, (until, _) in self._entries.items() if until <= now]:
-                del self._entries[old]
-            while len(self._entries) >= self.limit:
-                del self._entries[next(iter(self._entries))]
-        self._entries[key] = (now + self.ttl, allowed)
-
-
 @attrs.define
 class _HeaderKeeper:
     """Passes requests to ``client`` and keeps the last response's headers (for ``Link``)."""
@@ -169,12 +128,6 @@ class GitHubProvider(OAuth2Provider):
     default_scope: ClassVar[str] = "user:email read:org"
     client_auth: ClassVar[str] = "post"
     supports_refresh: ClassVar[bool] = False
-
-    _memo: AccessMemo = attrs.field(init=False)
-
-    @_memo.default
-    def _memo_default(self) -> AccessMemo:
-        return AccessMemo(self._clock)
 
     @classmethod
     def check_config(cls, config: Config) -> list[str]:
@@ -291,36 +244,15 @@ class GitHubProvider(OAuth2Provider):
             return frozenset({org.lower()})
         return frozenset((t if ":" in t else f"{org}:{t}").lower() for t in teams)
 
-    def _refused(self, session: Session, reason: str) -> None:
-        self.log.info(
-            "{provider}: refused {user}: {reason}",
-            provider=self.id,
-            user=session.user,
-            reason=reason,
-        )
-
     async def _repo_access(self, session: Session) -> bool:
         """Whether ``session``'s user may use ``github_repo`` (fails closed on API errors)."""
-        key = AccessMemo.key("repo", session.user, _fingerprint(session.access_token))
-        known = self._memo.get(key)
-        if known is not None:
-            return known
-        try:
+
+        async def check() -> bool:
             if self._config.github_token:
-                allowed = await self._is_collaborator(session.user)
-            else:
-                allowed = await self._has_repo_permission(session.access_token)
-        except ProviderError as e:
-            self.log.error(
-                "{provider}: cannot check {user}'s access to {repo}: {error}",
-                provider=self.id,
-                user=session.user,
-                repo=self._config.github_repo,
-                error=str(e),
-            )
-            return False
-        self._memo.put(key, allowed)
-        return allowed
+                return await self._is_collaborator(session.user)
+            return await self._has_repo_permission(session.access_token)
+
+        return await self._remembered_access(session, self._config.github_repo, check)
 
     async def _has_repo_permission(self, token: str) -> bool:
         repo = self._config.github_repo

@@ -38,10 +38,8 @@ from oauthgate.interfaces import IProviderFactory
 from oauthgate.providers.claims import coerce_groups
 from oauthgate.providers.jwks import fetch
 from oauthgate.providers.oidc import (
-    _FATAL_REFRESH_ERRORS,
     OIDCProvider,
     _Discovered,
-    _TokenEndpointError,
 )
 from oauthgate.session import Session
 
@@ -169,34 +167,23 @@ class GitLabProvider(OIDCProvider):
         identity = await self._read_identity(discovered, session.access_token, session.user)
         return await self._with_identity(session, identity)
 
-    async def refresh(self, session: Session) -> Session | None:
-        """New tokens from the refresh_token grant, then the identity read again.
+    async def _refreshed_session(
+        self,
+        discovered: _Discovered,
+        session: Session,
+        tokens: Mapping[str, Any],
+        access_token: str,
+    ) -> Session:
+        """The identity read again after the refresh_token grant (see :meth:`refresh`).
 
         Groups and project access follow GitLab: one taken away is gone after the
         refresh. If userinfo cannot be read after a successful token refresh, the new
         tokens are kept with the previous identity (logged).
 
         Raises:
-            RefreshError: ``fatal`` when GitLab says ``invalid_grant`` or
-                ``invalid_client``, or the refreshed identity is another user's or has
-                an unverified email; not fatal for outages.
+            RefreshError: ``fatal`` when the refreshed identity is another user's or has
+                an unverified email; not fatal when the new id_token is rejected.
         """
-        if not session.refresh_token:
-            return None
-        try:
-            discovered = await self._endpoints()
-            tokens = await self._token_request(
-                discovered.endpoints.redeem,
-                [("grant_type", "refresh_token"), ("refresh_token", session.refresh_token)],
-            )
-        except _TokenEndpointError as e:
-            fatal = e.status in (400, 401) and e.error in _FATAL_REFRESH_ERRORS
-            raise RefreshError(str(e), fatal=fatal) from None
-        except ProviderError as e:
-            raise RefreshError(str(e), fatal=False) from None
-        access_token = tokens.get("access_token")
-        if not isinstance(access_token, str) or not access_token:
-            raise RefreshError("the token endpoint answered without an access_token", fatal=False)
         now = self._clock.seconds()
         refresh_token = tokens.get("refresh_token")
         id_token = tokens.get("id_token")

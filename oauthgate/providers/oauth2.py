@@ -8,7 +8,8 @@ OpenID Connect providers derive from :class:`oauthgate.providers.oidc.OIDCProvid
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote_plus
 
@@ -25,6 +26,47 @@ from oauthgate.providers.oidc import _add_query, _number, _parse_token_response,
 from oauthgate.session import Session
 
 __all__ = ["OAuth2Provider", "OAuth2ProviderFactory"]
+
+ACCESS_RECHECK = 300.0
+"""Seconds a repository access decision is reused before the API is asked again."""
+
+
+@attrs.define
+class AccessMemo:
+    """Access decisions remembered for ``ttl`` seconds of ``clock``, keyed by a hash.
+
+    Keys are made with :meth:`key` from values that may be secret (an access token):
+    only a hash of them is kept. At most ``limit`` decisions are kept; the oldest go first.
+    """
+
+    _clock: IReactorTime
+    ttl: float = ACCESS_RECHECK
+    limit: int = 10_000
+    _entries: dict[str, tuple[float, bool]] = attrs.field(factory=dict, repr=False)
+
+    @staticmethod
+    def key(*parts: str) -> str:
+        return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> bool | None:
+        """The remembered decision, or None if there is none still valid."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock.seconds():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: str, allowed: bool) -> None:
+        now = self._clock.seconds()
+        self._entries.pop(key, None)
+        if len(self._entries) >= self.limit:
+            for old in [k for k, (until, _) in self._entries.items() if until <= now]:
+                del self._entries[old]
+            while len(self._entries) >= self.limit:
+                del self._entries[next(iter(self._entries))]
+        self._entries[key] = (now + self.ttl, allowed)
 
 
 @implementer(IProvider)
@@ -50,6 +92,12 @@ class OAuth2Provider:
     supports_refresh: ClassVar[bool] = False
 
     log: ClassVar[Logger] = Logger()
+
+    _access_memo: AccessMemo = attrs.field(init=False)
+
+    @_access_memo.default
+    def _access_memo_default(self) -> AccessMemo:
+        return AccessMemo(self._clock)
 
     @property
     def display_name(self) -> str:
@@ -192,6 +240,40 @@ class OAuth2Provider:
 
     async def check_access(self, session: Session) -> bool:
         return True
+
+    def _refused(self, session: Session, reason: str) -> None:
+        """Log that :meth:`check_access` refuses ``session``'s user, and why."""
+        self.log.info(
+            "{provider}: refused {user}: {reason}",
+            provider=self.id,
+            user=session.user,
+            reason=reason,
+        )
+
+    async def _remembered_access(
+        self, session: Session, target: str, check: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """``check()``'s decision on ``session``'s access to ``target``, reused for
+        :data:`ACCESS_RECHECK` seconds per user and access token. A ProviderError from
+        ``check`` is logged and refuses, and is not remembered (fails closed)."""
+        fingerprint = hashlib.sha256(session.access_token.encode("utf-8")).hexdigest()
+        key = AccessMemo.key(target, session.user, fingerprint)
+        known = self._access_memo.get(key)
+        if known is not None:
+            return known
+        try:
+            allowed = await check()
+        except ProviderError as e:
+            self.log.error(
+                "{provider}: cannot check {user}'s access to {target}: {error}",
+                provider=self.id,
+                user=session.user,
+                target=target,
+                error=str(e),
+            )
+            return False
+        self._access_memo.put(key, allowed)
+        return allowed
 
     async def api_get(
         self,

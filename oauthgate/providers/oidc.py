@@ -256,6 +256,16 @@ class OIDCProvider:
         )
         return self._discovered
 
+    def _check_discovered_issuer(self, issuer: object, url: str) -> None:
+        """Raise ProviderError unless the discovery document at ``url`` names the
+        configured issuer (not called with ``insecure_oidc_skip_issuer_verification``)."""
+        expected = self._config.oidc_issuer_url
+        if not (isinstance(issuer, str) and _same_issuer(issuer, expected)):
+            raise ProviderError(
+                f"OIDC discovery ({url}) names the issuer {_printable(issuer)!r}, but "
+                f"oidc_issuer_url is {expected!r}"
+            )
+
     async def _fetch_discovery(self) -> Endpoints:
         config = self._config
         url = config.oidc_issuer_url.rstrip("/") + "/.well-known/openid-configuration"
@@ -272,14 +282,8 @@ class OIDCProvider:
         document = result.json("OIDC discovery", url)
         if not isinstance(document, dict):
             raise ProviderError(f"OIDC discovery ({url}) did not answer a JSON object")
-        issuer = document.get("issuer")
-        if not config.insecure_oidc_skip_issuer_verification and not (
-            isinstance(issuer, str) and _same_issuer(issuer, config.oidc_issuer_url)
-        ):
-            raise ProviderError(
-                f"OIDC discovery ({url}) names the issuer {_printable(issuer)!r}, but "
-                f"oidc_issuer_url is {config.oidc_issuer_url!r}"
-            )
+        if not config.insecure_oidc_skip_issuer_verification:
+            self._check_discovered_issuer(document.get("issuer"), url)
 
         def endpoint(configured: str, key: str, required: bool) -> str:
             value = configured or document.get(key) or ""
@@ -451,6 +455,17 @@ class OIDCProvider:
         access_token = tokens.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             raise RefreshError("the token endpoint answered without an access_token", fatal=False)
+        return await self._refreshed_session(discovered, session, tokens, access_token)
+
+    async def _refreshed_session(
+        self,
+        discovered: _Discovered,
+        session: Session,
+        tokens: Mapping[str, Any],
+        access_token: str,
+    ) -> Session:
+        """``session`` with the refresh_token grant's ``tokens`` (whose ``access_token``
+        is checked) and the identity they give, as :meth:`refresh` says."""
         now = self._clock.seconds()
         refresh_token = tokens.get("refresh_token")
         refreshed = attrs.evolve(
@@ -531,8 +546,11 @@ class OIDCProvider:
             return session
         if claims is None:
             return session
-        groups = coerce_groups(get_claim(claims, self._config.oidc_groups_claim))
-        return attrs.evolve(session, groups=groups)
+        return attrs.evolve(session, groups=self._userinfo_groups(claims))
+
+    def _userinfo_groups(self, claims: Mapping[str, Any]) -> tuple[str, ...]:
+        """The groups in a userinfo answer read after a refresh without an id_token."""
+        return coerce_groups(get_claim(claims, self._config.oidc_groups_claim))
 
     async def authorize(self, session: Session) -> bool:
         """Always True: groups and emails are checked by the common authorizers."""

@@ -44,6 +44,7 @@ from oauthgate.interfaces import (
     IUpstream,
     RequestInfo,
 )
+from oauthgate.metrics import NO_METRICS, MetricsHook
 from oauthgate.providers.pkce import challenge, make_verifier
 from oauthgate.resource_metadata import (
     metadata_url,
@@ -140,6 +141,7 @@ class Gate:
     random: Callable[[int], bytes] = os.urandom
     access: AccessRules | None = None
     credentials: Credentials = attrs.field(factory=Credentials)
+    metrics: MetricsHook = NO_METRICS
     _rules: AccessRules = attrs.field(init=False)
     _metadata_path: bytes | None = attrs.field(init=False)
     _by_id: dict[str, GateProvider] = attrs.field(init=False)
@@ -319,11 +321,14 @@ class Gate:
             return session
         outcome = await refresher.refresh(value, session)
         if outcome.session is not None and outcome.value is not None:
+            self.metrics.refresh("ok")
             cookies.write_value(request, self.cookie, outcome.value)
             return outcome.session
         if outcome.ended:
+            self.metrics.refresh("ended")
             cookies.clear(request, self.cookie)
             return None
+        self.metrics.refresh("failed")
         # The provider could not refresh it now: a still valid session goes on; an expired
         # one is sent to login for this request, but keeps its cookie for the next try.
         return None if session.is_expired(now) else session
@@ -339,9 +344,11 @@ class Gate:
         for authorizer in self.authorizers:
             decision = await authorizer.authorize(info, session)
             if not decision.allowed:
+                self.metrics.auth(_auth_method(request), "denied")
                 return decision.reason or "access denied"
         entry = self._checked_by(session)
         if entry is not None and not await entry.provider.authorize(session):
+            self.metrics.auth(_auth_method(request), "denied")
             return "the identity provider's checks did not pass"
         return None
 
@@ -353,16 +360,24 @@ class Gate:
         try:
             found = await self.credentials.load(request)
         except TokenError as e:
+            self.metrics.auth("bearer", "refused")
             self._auth_log(request, None, "AuthFailure", f"bearer token refused: {e}")
             raise AuthError(403, "invalid_token", f"The bearer token was refused: {e}.") from None
         if found is not None and found.session is not None:
+            method = "bearer" if found.method == "bearer token" else "basic"
+            request.oauthgate_auth_method = method  # type: ignore[attr-defined]
+            self.metrics.auth(method, "ok")
             self._note(request, found.session, found.method)
             return found
         refused = found.refused if found is not None else None
         if refused is not None:
+            scheme = (_header(request, b"authorization") or "")[:6].lower()
+            self.metrics.auth("basic" if scheme == "basic " else "bearer", "refused")
             self._auth_log(request, None, "AuthFailure", f"credentials refused: {refused}")
         session = await self.authenticate(request)
         if session is not None:
+            request.oauthgate_auth_method = "cookie"  # type: ignore[attr-defined]
+            self.metrics.auth("cookie", "ok")
             self._note(request, session, "cookie session")
             return Identity(session, "cookie session", refused)
         return Identity(None, "", refused)
@@ -376,6 +391,8 @@ class Gate:
             )
 
     def _note(self, request: Request, session: Session | None, how: str) -> None:
+        if session is None and how:  # let in by a skip-auth route or a trusted IP
+            self.metrics.auth("trusted" if how.startswith("trusted IP") else "skip", "ok")
         self._set_user(request, (session.email or session.user) if session else "")
         request.oauthgate_via = how  # type: ignore[attr-defined]
 
@@ -388,6 +405,13 @@ class Gate:
                 self._note(request, None, skip)
                 self._auth_log(request, None, "AuthSuccess", f"allowed by {skip}")
                 return self._empty(request, 202)
+            target = self._forward_auth_target(request)
+            if target is not None:
+                # Caddy forward_auth / Traefik forwardAuth hand this answer to the browser.
+                start = f"{self._prefix}/start?rd={quote(target, safe='')}"
+                for name, value in _NO_CACHE:
+                    request.setHeader(name, value)
+                return self._redirect(request, start)
             self._challenge(request, identity)
             return self._text(request, 401, b"Unauthorized")
         reason = await self.authorize(request, session)
@@ -401,6 +425,28 @@ class Gate:
             self._log_credential(request, identity)
             set_all(request.responseHeaders, self.identity.response(session, tokens=True))
         self._empty(request, 202)
+
+    def _forward_auth_target(self, request: Request) -> str | None:
+        """The original URL to log in for, when ``/oauth2/auth`` should answer a browser
+        without a session with a redirect instead of 401 (``--forward-auth-mode``).
+
+        Only for a trusted front proxy, a client accepting HTML, and a URL rebuilt from
+        ``X-Forwarded-Proto/-Host/-Uri`` that passes ``--whitelist-domain``: a forged host
+        gets 401, never a redirect to it. nginx's ``auth_request`` needs the 401 (it makes
+        a 500 of a 302): ``nginx`` mode, or ``auto`` when no ``X-Forwarded-Method`` came."""
+        mode = self.config.forward_auth_mode
+        if mode == "nginx" or not self._rules.trusted_peer(request):
+            return None
+        if mode == "auto" and _header(request, b"x-forwarded-method") is None:
+            return None
+        if self.config.force_json_errors or _wants_json(request):
+            return None
+        host = _header(request, b"x-forwarded-host")
+        uri = _header(request, b"x-forwarded-uri") or "/"
+        if not host or not uri.startswith("/"):
+            return None
+        target = f"{self._scheme(request)}://{host}{uri}"
+        return target if self.redirects.is_valid(target) else None
 
     async def _userinfo(self, request: Request) -> None:
         session = (await self.identify(request)).session
@@ -457,7 +503,13 @@ class Gate:
             # gets these from oauthgate itself.
             for name in _FORWARDING:
                 request.requestHeaders.removeHeader(name)
-        await upstream.forward(request, inject)
+        upstream_id = str(getattr(upstream, "id", ""))
+        self.metrics.upstream(upstream_id, None)
+        try:
+            await upstream.forward(request, inject)
+        except UpstreamError as e:
+            self.metrics.upstream(upstream_id, e.status)
+            raise
 
     def _upstream_for(self, request: Request) -> IUpstream | None:
         # The routing table (upstreams/routing.py) also rewrites paths and answers the
@@ -566,6 +618,7 @@ class Gate:
             return self._html(request, 400, page)
         session = await self.credentials.htpasswd.authenticate(user, password)
         if session is None:
+            self.metrics.login("htpasswd", "failed")
             self._auth_log(
                 request, None, "AuthFailure", f"wrong password for htpasswd user {user!r}"
             )
@@ -575,9 +628,11 @@ class Gate:
         self._note(request, session, f"htpasswd user {user!r}")
         reason = await self.authorize(request, session)
         if reason is not None:
+            self.metrics.login("htpasswd", "denied")
             self._auth_log(request, session, "AuthFailure", reason)
             raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
         cookies.write_value(request, self.cookie, await self.store.save(session, None))
+        self.metrics.login("htpasswd", "ok")
         self._auth_log(request, session, "AuthSuccess", "authenticated via the htpasswd form")
         self._redirect(request, redirect)
 
@@ -712,11 +767,13 @@ class Gate:
             session = await entry.provider.enrich(session)
         except TokenError as e:
             # TokenError messages say why, never the token itself: safe to show.
+            self.metrics.login(entry.id, "failed")
             self._auth_log(request, None, "AuthFailure", f"invalid token: {e}")
             raise AuthError(
                 403, "invalid_token", f"The identity provider's answer was not accepted: {e}."
             ) from None
         except ProviderError as e:
+            self.metrics.login(entry.id, "error")
             self._auth_log(request, None, "AuthError", f"provider error: {e}")
             raise AuthError(
                 502,
@@ -731,9 +788,11 @@ class Gate:
         self._set_user(request, session.email or session.user)
         reason = await self.authorize(request, session)
         if reason is not None:
+            self.metrics.login(entry.id, "denied")
             self._auth_log(request, session, "AuthFailure", reason)
             raise AuthError(403, "access_denied", f"You may not use this site: {reason}.")
         cookie_value = await self.store.save(session, None)
+        self.metrics.login(entry.id, "ok")
         cookies.write_value(request, self.cookie, cookie_value)
         via = "OAuth2" if len(self.providers) == 1 else f"OAuth2 ({entry.id})"
         self._auth_log(request, session, "AuthSuccess", f"authenticated via {via}")
@@ -775,6 +834,7 @@ class Gate:
         if by_hand:
             redirect = redirect.replace("{id_token}", quote(id_token, safe=""))
         if session is not None:
+            self.metrics.sign_out()
             self._auth_log(request, session, "AuthSuccess", "signed out")
             checked = self._checked_by(session)
             if checked is not None and checked.config.backend_logout_url:
@@ -923,6 +983,11 @@ def _token(random: Callable[[int], bytes]) -> str:
     return base64.urlsafe_b64encode(random(32)).rstrip(b"=").decode("ascii")
 
 
+def _auth_method(request: Request) -> str:
+    """How :meth:`Gate.identify` identified the request; "login" for a session being made."""
+    return str(getattr(request, "oauthgate_auth_method", "login"))
+
+
 def _request_id(request: Request) -> str:
     rid = getattr(request, "oauthgate_request_id", None)
     if rid is None:
@@ -943,8 +1008,13 @@ class GateResource(Resource):
 
     def render(self, request: Request) -> int:
         request.oauthgate_started = self._gate.clock.seconds()  # type: ignore[attr-defined]
+        metrics = self._gate.metrics
+        metrics.request_started()
+        # Asked before handling: a request answered at once still tells its end.
+        finished = request.notifyFinish()
         d = Deferred.fromCoroutine(self._gate.handle(request))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        finished.addErrback(lambda _: d.cancel())
+        finished.addBoth(lambda _: metrics.request_ended())
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 

@@ -15,6 +15,8 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from oauthgate.metrics import NO_METRICS, MetricsHook
+
 __all__ = ["MAX_HEADER_BYTES", "GateSite"]
 
 # Request line plus headers. Twisted's default (16 KiB) is too small for sessions split
@@ -40,12 +42,14 @@ class GateSite(Site):
         enabled: bool = True,
         exclude_paths: Iterable[str] = (),
         client_ip: Callable[[Request], str | None] | None = None,
+        metrics: MetricsHook = NO_METRICS,
     ) -> None:
         Site.__init__(self, resource)
         self._clock = clock
         self._enabled = enabled
         self._exclude = frozenset(p.encode("utf-8") for p in exclude_paths)
         self._client_ip = client_ip
+        self._metrics = metrics
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         protocol = Site.buildProtocol(self, addr)
@@ -54,17 +58,20 @@ class GateSite(Site):
         return protocol
 
     def log(self, request: Request) -> None:  # type: ignore[override]
-        if not self._enabled or request.path in self._exclude:
-            return
+        """Called once per finished request: count it, then log it (unless excluded)."""
         try:
-            self._log(request)
+            started = getattr(request, "oauthgate_started", None)
+            duration = self._clock.seconds() - started if started is not None else 0.0
+            self._metrics.request_finished(
+                request.method, request.getHeader(b"host"), request.code, duration
+            )
+            if self._enabled and request.path not in self._exclude:
+                self._log(request, duration)
         except Exception:
             # The access log must never break a response.
             self.log_failures.failure("Could not log a request")
 
-    def _log(self, request: Request) -> None:
-        started = getattr(request, "oauthgate_started", None)
-        duration = self._clock.seconds() - started if started is not None else 0.0
+    def _log(self, request: Request, duration: float) -> None:
         if self._client_ip is not None:
             client = self._client_ip(request)
         else:

@@ -160,12 +160,12 @@ class EnvironmentTests(LoaderTestCase):
         self.assertEqual(
             self.problems(
                 environ={
-                    "OAUTH2_PROXY_METRICS_ADDRESS": "127.0.0.1:9090",
+                    "OAUTH2_PROXY_GCP_HEALTHCHECKS": "true",
                     "OAUTHGATE_LOGGING_FILENAME": "/var/log/o.log",
                 }
             ),
             (
-                "OAUTH2_PROXY_METRICS_ADDRESS: option 'metrics_address' (oauth2-proxy) is "
+                "OAUTH2_PROXY_GCP_HEALTHCHECKS: option 'gcp_healthchecks' (oauth2-proxy) is "
                 "not supported by this version of oauthgate",
                 "OAUTHGATE_LOGGING_FILENAME: option 'logging_filename' (oauth2-proxy) is not "
                 "supported by this version of oauthgate",
@@ -292,14 +292,14 @@ class FileTests(LoaderTestCase):
 
     def test_oauth2_proxy_keys_not_supported_yet_say_so(self) -> None:
         path = self.write(
-            'client_id = "app"\ntls_cert_file = "/etc/tls.pem"\nmetrics_address = ":9090"\n'
+            'client_id = "app"\ntls_cert_file = "/etc/tls.pem"\ngcp_healthchecks = true\n'
         )
         self.assertEqual(
             self.problems(config_file=path),
             (
                 f"{path}:2: option 'tls_cert_file' (oauth2-proxy) is not supported by "
                 "this version of oauthgate",
-                f"{path}:3: option 'metrics_address' (oauth2-proxy) is not supported by "
+                f"{path}:3: option 'gcp_healthchecks' (oauth2-proxy) is not supported by "
                 "this version of oauthgate",
             ),
         )
@@ -308,7 +308,7 @@ class FileTests(LoaderTestCase):
         keys = {spec.key for spec in option_specs()}
         self.assertEqual(UNSUPPORTED_OAUTH2_PROXY_KEYS & keys, set())
         for key in (
-            "metrics_address",
+            "gcp_healthchecks",
             "https_address",
             "tls_cert_file",
         ):

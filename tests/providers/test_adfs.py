@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,7 +14,6 @@ from oauthgate.errors import ProviderError, RefreshError, TokenError
 from oauthgate.interfaces import IProvider
 from oauthgate.plugins import Plugins
 from oauthgate.providers.adfs import AdfsProvider, adfs_scope, factory
-from oauthgate.session import Session
 from oauthgate.testing import (
     ByHost,
     ProviderConformance,
@@ -24,7 +22,15 @@ from oauthgate.testing import (
     provider_config,
 )
 from oauthgate.testing.conformance import NONCE as CONFORMANCE_NONCE
-from tests.providers.test_entra import NONCE, REDIRECT, T0, FakeTokenServer, run
+from tests.providers.fakes import (
+    OIDC_NONCE,
+    REDIRECT,
+    T0,
+    FakeTokenServer,
+    FlushingTestCase,
+    started_clock,
+    subject,
+)
 
 T = TypeVar("T")
 
@@ -74,10 +80,9 @@ def adfs_config(**changes: Any) -> Config:
     return provider_config(**{**options, **changes})
 
 
-class AdfsTests(SynchronousTestCase):
+class AdfsTests(FlushingTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
+        self.clock = started_clock()
         self.server = adfs_server(self.clock)
         self.http = memory_http_client(ByHost({"adfs.test": self.server}), clock=self.clock)
 
@@ -87,20 +92,9 @@ class AdfsTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IProvider, built))
         return built
 
-    def get(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.successResultOf(run(self.http, coro))
-
-    def fail_with(self, coro: Coroutine[Any, Any, Any], exc: type[Exception]) -> Exception:
-        error: Exception = self.failureResultOf(run(self.http, coro), exc).value
-        return error
-
-    async def login(self, provider: AdfsProvider) -> Session:
-        session = await provider.redeem(self.server.issue_code(NONCE), None, REDIRECT, NONCE)
-        return await provider.enrich(session)
-
     def login_params(self, provider: AdfsProvider, **extra: str) -> dict[str, list[str]]:
         url = self.get(
-            provider.authorize_url("st-1", NONCE, None, None, REDIRECT, list(extra.items()))
+            provider.authorize_url("st-1", OIDC_NONCE, None, None, REDIRECT, list(extra.items()))
         )
         self.assertTrue(url.startswith(ISSUER + "/oauth2/authorize/?"), url)
         return parse_qs(urlsplit(url).query)
@@ -126,7 +120,7 @@ class AdfsTests(SynchronousTestCase):
 
     def test_the_state_is_escaped_once(self) -> None:
         """oauthgate's state is URL-safe: ADFS gets it, and sends it back, unchanged."""
-        url = self.get(self.provider().authorize_url("a-b_c", NONCE, None, None, REDIRECT, []))
+        url = self.get(self.provider().authorize_url("a-b_c", OIDC_NONCE, None, None, REDIRECT, []))
         self.assertIn("state=a-b_c&", url)
 
     def test_login_takes_the_upn_as_email_when_there_is_no_email(self) -> None:
@@ -179,16 +173,11 @@ class AdfsConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
         server = adfs_server(clock)
         http = memory_http_client(ByHost({"adfs.test": server}), clock=clock)
-
-        def break_api() -> None:
-            server.broken = True
-
-        return ProviderSubject(
-            provider=factory.build(adfs_config(), http, clock),
-            http=http,
+        return subject(
+            factory.build(adfs_config(), http, clock),
+            http,
+            [server],
+            "alice@corp.example",
             code=server.issue_code(CONFORMANCE_NONCE),
-            redirect_uri=REDIRECT,
-            email="alice@corp.example",
-            break_api=break_api,
             refreshes=True,
         )

@@ -3,7 +3,6 @@ by default and v2 with an issuer URL, over fakes of Microsoft's login and Graph.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,7 +15,6 @@ from oauthgate.errors import ConfigError, ProviderError, RefreshError, TokenErro
 from oauthgate.interfaces import IProvider
 from oauthgate.plugins import Plugins
 from oauthgate.providers.azure import AzureProvider, factory
-from oauthgate.session import Session
 from oauthgate.testing import (
     ByHost,
     ProviderConformance,
@@ -25,20 +23,23 @@ from oauthgate.testing import (
     provider_config,
 )
 from oauthgate.testing.conformance import NONCE as CONFORMANCE_NONCE
+from tests.providers.fakes import (
+    OIDC_NONCE,
+    REDIRECT,
+    FakeTokenServer,
+    FlushingTestCase,
+    started_clock,
+    subject,
+)
 from tests.providers.test_entra import (
     CLIENT_ID,
     CLIENT_SECRET,
     LOGIN,
-    NONCE,
     OTHER_TENANT,
-    REDIRECT,
-    T0,
     TENANT,
     FakeGraph,
-    FakeTokenServer,
     graph_group,
     microsoft_server,
-    run,
 )
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ def v1_server(clock: Clock, tenant: str = TENANT) -> FakeTokenServer:
     server = FakeTokenServer(
         clock,
         issuer=f"https://sts.windows.net/{TENANT}/",
+        client_id=CLIENT_ID,
         routes={
             f"/{tenant}/discovery/keys": "jwks",
             f"/{tenant}/oauth2/token": "token",
@@ -75,13 +77,12 @@ def azure_config(**changes: Any) -> Config:
     return provider_config(**{**options, **changes})
 
 
-class AzureTestCase(SynchronousTestCase):
+class AzureTestCase(FlushingTestCase):
     tenant = TENANT
     v2 = False
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
+        self.clock = started_clock()
         self.server = (
             microsoft_server(self.clock, self.tenant)
             if self.v2
@@ -105,19 +106,8 @@ class AzureTestCase(SynchronousTestCase):
         self.assertTrue(verifyObject(IProvider, built))
         return built
 
-    def get(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.successResultOf(run(self.http, coro))
-
-    def fail_with(self, coro: Coroutine[Any, Any, Any], exc: type[Exception]) -> Exception:
-        error: Exception = self.failureResultOf(run(self.http, coro), exc).value
-        return error
-
-    async def login(self, provider: AzureProvider) -> Session:
-        session = await provider.redeem(self.server.issue_code(NONCE), None, REDIRECT, NONCE)
-        return await provider.enrich(session)
-
     def login_url(self, provider: AzureProvider) -> tuple[str, dict[str, list[str]]]:
-        url = self.get(provider.authorize_url("st", NONCE, None, None, REDIRECT, []))
+        url = self.get(provider.authorize_url("st", OIDC_NONCE, None, None, REDIRECT, []))
         return url, parse_qs(urlsplit(url).query)
 
 
@@ -250,16 +240,11 @@ class AzureConformanceTests(ProviderConformance, SynchronousTestCase):
             clock=clock,
         )
 
-        def break_api() -> None:
-            server.broken = True
-            graph.broken = True
-
-        return ProviderSubject(
-            provider=factory.build(azure_config(), http, clock),
-            http=http,
+        return subject(
+            factory.build(azure_config(), http, clock),
+            http,
+            [server, graph],
+            "alice@contoso.com",
             code=server.issue_code(CONFORMANCE_NONCE),
-            redirect_uri=REDIRECT,
-            email="alice@contoso.com",
-            break_api=break_api,
             refreshes=True,
         )

@@ -8,7 +8,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from oauthgate.errors import ProviderError, TokenError
@@ -16,20 +15,23 @@ from oauthgate.interfaces import IProvider, IProviderFactory
 from oauthgate.plugins import Plugins
 from oauthgate.providers.digitalocean import DigitalOceanProvider, factory
 from oauthgate.session import Session
-from oauthgate.testing import (
-    ByHost,
-    GateTestCase,
-    MemoryHTTPClient,
-    ProviderConformance,
-    ProviderSubject,
-    memory_http_client,
-    provider_config,
+from oauthgate.testing import GateTestCase, MemoryHTTPClient, ProviderConformance, ProviderSubject
+from tests.providers.fakes import (
+    REDIRECT,
+    T0,
+    Call,
+    FakeOAuth2API,
+    code_error,
+    enrich_error,
+    make_provider,
+    redeem_and_enrich,
+    started_clock,
+    subject,
+    token_error,
 )
 
 CLIENT_ID = "do-client"
 CLIENT_SECRET = "do-secret"
-REDIRECT = "https://app.test/oauth2/callback"
-T0 = 1_700_000_000.0
 
 
 def account(email: str, verified: bool = True) -> dict[str, Any]:
@@ -44,61 +46,55 @@ def account(email: str, verified: bool = True) -> dict[str, Any]:
     }
 
 
-class FakeDigitalOcean(Resource):
+class FakeDigitalOcean(FakeOAuth2API):
     """cloud.digitalocean.com's token endpoint and api.digitalocean.com's ``/v2/account``."""
 
-    isLeaf = True
+    outage_body = b'{"id": "service_unavailable", "message": "try again"}'
 
     def __init__(self) -> None:
-        Resource.__init__(self)
-        self.codes: dict[str, str] = {"good-code": "sammy"}
-        self.tokens: dict[str, str] = {}
+        super().__init__()
+        self.codes = {"good-code": "sammy"}
         self.accounts: dict[str, dict[str, Any]] = {
             "sammy": account("sammy@example.com"),
             "newbie": account("newbie@example.com", verified=False),
         }
-        self.broken = False
         self.account_answer: bytes | None = None  # served by /v2/account instead, when set
-        self.requests: list[tuple[bytes, dict[str, list[str]], str]] = []
 
-    def render(self, request: Request) -> bytes:
-        assert request.content is not None
-        form = parse_qs(request.content.read().decode())
-        auth = (request.getHeader(b"authorization") or b"").decode()
-        self.requests.append((request.path, form, auth))
-        request.setHeader(b"content-type", b"application/json")
-        if self.broken:
-            request.setResponseCode(503)
-            return b'{"id": "service_unavailable", "message": "try again"}'
-        if request.path == b"/v1/oauth/token":
-            return self._token(request, form)
-        if request.path == b"/v2/account":
-            user = self.tokens.get(auth.removeprefix("Bearer "))
+    def answer(self, request: Request, call: Call) -> bytes:
+        if call.path == b"/v1/oauth/token":
+            return self._token(request, call)
+        if call.path == b"/v2/account":
+            user = self.bearer_user(call)
             if user is None:
-                request.setResponseCode(401)
-                return b'{"id": "Unauthorized", "message": "Unable to authenticate you."}'
+                return self.fail(
+                    request,
+                    401,
+                    b'{"id": "Unauthorized", "message": "Unable to authenticate you."}',
+                )
             if self.account_answer is not None:
                 return self.account_answer
             return json.dumps({"account": self.accounts[user]}).encode()
-        request.setResponseCode(404)
-        return (
-            b'{"id": "not_found", "message": "The resource you were accessing could not be found."}'
-        )
+        missing = {
+            "id": "not_found",
+            "message": "The resource you were accessing could not be found.",
+        }
+        return self.fail(request, 404, json.dumps(missing).encode())
 
-    def _token(self, request: Request, form: dict[str, list[str]]) -> bytes:
-        user = self.codes.pop(form.get("code", [""])[0], None)
+    def _token(self, request: Request, call: Call) -> bytes:
+        form = call.form
+        user = self.take_code(call)
         if (
             form.get("client_id") != [CLIENT_ID]
             or form.get("client_secret") != [CLIENT_SECRET]
             or form.get("redirect_uri") != [REDIRECT]
             or user is None
         ):
-            request.setResponseCode(401)
-            return (
-                b'{"error": "invalid_grant", "error_description": "The provided grant is invalid"}'
+            return self.fail(
+                request,
+                401,
+                b'{"error": "invalid_grant", "error_description": "The provided grant is invalid"}',
             )
-        token = f"do-at-{user}-{len(self.tokens)}"
-        self.tokens[token] = user
+        token = self.issue(f"do-at-{user}-{len(self.tokens)}", user)
         info = {"name": user, "email": self.accounts[user]["email"], "uuid": "e028b1b9"}
         return json.dumps(
             {
@@ -115,33 +111,28 @@ class FakeDigitalOcean(Resource):
 def build(
     api: FakeDigitalOcean, clock: Clock, **options: Any
 ) -> tuple[DigitalOceanProvider, MemoryHTTPClient]:
-    hosts = ByHost({"cloud.digitalocean.com": api, "api.digitalocean.com": api})
-    http = memory_http_client(hosts, clock=clock)
-    config = provider_config(
-        provider="digitalocean", client_id=CLIENT_ID, client_secret=CLIENT_SECRET, **options
+    return make_provider(
+        DigitalOceanProvider,
+        factory,
+        {"cloud.digitalocean.com": api, "api.digitalocean.com": api},
+        clock,
+        provider="digitalocean",
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        **options,
     )
-    provider = factory.build(config, http, clock)
-    assert isinstance(provider, DigitalOceanProvider)
-    return provider, http
 
 
 class DigitalOceanTests(GateTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
+        self.clock = started_clock()
         self.api = FakeDigitalOcean()
         self.provider, self.http = build(self.api, self.clock)
 
     def login(
         self, code: str = "good-code", provider: DigitalOceanProvider | None = None
     ) -> Session:
-        provider = provider or self.provider
-
-        async def flow() -> Session:
-            session = await provider.redeem(code, None, REDIRECT, "n")
-            return await provider.enrich(session)
-
-        return self.get_success(flow())
+        return self.get_success(redeem_and_enrich(provider or self.provider, code))
 
     def test_factory_and_provider_provide_their_interfaces(self) -> None:
         self.assert_provides(IProviderFactory, factory)
@@ -167,8 +158,10 @@ class DigitalOceanTests(GateTestCase):
 
     def test_the_account_is_asked_with_the_access_token(self) -> None:
         self.login()
-        path, _, auth = self.api.requests[1]
-        self.assertEqual((path, auth), (b"/v2/account", "Bearer do-at-sammy-0"))
+        call = self.api.requests[1]
+        self.assertEqual(
+            (call.path, call.header(b"authorization")), (b"/v2/account", "Bearer do-at-sammy-0")
+        )
 
     def test_a_configured_profile_url_is_used(self) -> None:
         provider, _ = build(
@@ -178,8 +171,7 @@ class DigitalOceanTests(GateTestCase):
 
     def test_an_unverified_email_is_refused(self) -> None:
         self.api.codes["new"] = "newbie"
-        session = self.get_success(self.provider.redeem("new", None, REDIRECT, "n"))
-        e = self.get_failure(self.provider.enrich(session), TokenError)
+        e = enrich_error(self, self.provider, "new", TokenError)
         self.assertIn("not verified", str(e))
 
     def test_an_unverified_email_passes_with_the_insecure_option(self) -> None:
@@ -188,12 +180,10 @@ class DigitalOceanTests(GateTestCase):
         self.assertEqual(self.login("new", provider).email, "newbie@example.com")
 
     def test_a_refused_code_is_a_provider_error(self) -> None:
-        e = self.get_failure(self.provider.redeem("bad", None, REDIRECT, "n"), ProviderError)
-        self.assertIn("invalid_grant", str(e))
+        self.assertIn("invalid_grant", str(code_error(self, self.provider, "bad")))
 
     def test_a_revoked_token_is_a_provider_error(self) -> None:
-        e = self.get_failure(self.provider.enrich(Session(access_token="old")), ProviderError)
-        self.assertIn("HTTP 401", str(e))
+        self.assertIn("HTTP 401", str(token_error(self, self.provider, "old")))
 
     def test_an_answer_without_an_account_is_a_provider_error(self) -> None:
         session = self.get_success(self.provider.redeem("good-code", None, REDIRECT, "n"))
@@ -211,16 +201,4 @@ class DigitalOceanConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
         api = FakeDigitalOcean()
         provider, http = build(api, clock)
-
-        def break_api() -> None:
-            api.broken = True
-
-        return ProviderSubject(
-            provider=provider,
-            http=http,
-            code="good-code",
-            redirect_uri=REDIRECT,
-            email="sammy@example.com",
-            break_api=break_api,
-            refreshes=False,
-        )
+        return subject(provider, http, [api], "sammy@example.com", refreshes=False)

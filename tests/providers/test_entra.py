@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, parse_qsl, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import jwt
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -33,152 +31,32 @@ from oauthgate.providers.entra import (
     EntraIDProviderFactory,
     factory,
 )
-from oauthgate.session import Session
 from oauthgate.testing import (
     ByHost,
-    MemoryHTTPClient,
     ProviderConformance,
     ProviderSubject,
     memory_http_client,
     provider_config,
 )
 from oauthgate.testing.conformance import NONCE as CONFORMANCE_NONCE
-from tests.providers.idp import RS256, SigningKey
+from tests.providers.fakes import (
+    OIDC_NONCE,
+    REDIRECT,
+    T0,
+    FakeTokenServer,
+    FlushingTestCase,
+    started_clock,
+    subject,
+)
 
 T = TypeVar("T")
 
-T0 = 1_700_000_000.0
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 CLIENT_SECRET = "entra-secret"
-REDIRECT = "https://app.test/oauth2/callback"
-NONCE = "nonce-entra"
+NONCE = OIDC_NONCE
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 OTHER_TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 LOGIN = "https://login.microsoftonline.com"
-
-
-def run(http: MemoryHTTPClient, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
-    d = Deferred.fromCoroutine(coro)
-    for _ in range(10):
-        if d.called:
-            break
-        http.flush()
-    return d
-
-
-@attrs.frozen
-class Answer:
-    status: int
-    body: Any  # JSON-able, or bytes
-
-
-@attrs.define(eq=False)
-class FakeTokenServer(Resource):
-    """An authorization server answering as the real one documents: discovery (optional),
-    keys, and a token endpoint for the authorization_code and refresh_token grants.
-
-    ``routes`` maps a request path to ``discovery``, ``jwks`` or ``token``. The id_token's
-    claims are ``claims`` (changed per test), signed RS256 by ``key``.
-    """
-
-    isLeaf = True
-
-    clock: Clock
-    issuer: str
-    routes: dict[str, str]
-    discovery: dict[str, Any] = attrs.Factory(dict)
-    claims: dict[str, Any] = attrs.Factory(dict)
-    key: SigningKey = RS256
-    published_key: SigningKey | None = None  # served at the keys URL instead of ``key``
-    client_id: str = CLIENT_ID
-    broken: bool = False
-    refresh_error: str | None = None
-    refresh_id_token: bool = True
-    codes: dict[str, str | None] = attrs.Factory(dict)
-    access_tokens: list[str] = attrs.Factory(list)
-    token_forms: list[dict[str, str]] = attrs.Factory(list)
-    token_headers: list[dict[bytes, Sequence[bytes]]] = attrs.Factory(list)
-
-    def __attrs_post_init__(self) -> None:
-        Resource.__init__(self)
-
-    def issue_code(self, nonce: str | None = NONCE) -> str:
-        code = "code-" + secrets.token_urlsafe(8)
-        self.codes[code] = nonce
-        return code
-
-    def id_claims(self, nonce: str | None = None, **changes: Any) -> dict[str, Any]:
-        now = int(self.clock.seconds())
-        claims: dict[str, Any] = {
-            "iss": self.issuer,
-            "aud": self.client_id,
-            "iat": now,
-            "exp": now + 3600,
-            **self.claims,
-        }
-        if nonce is not None:
-            claims["nonce"] = nonce
-        claims.update(changes)
-        return {k: v for k, v in claims.items() if v is not None}
-
-    def id_token(self, nonce: str | None = None, **changes: Any) -> str:
-        return jwt.encode(
-            self.id_claims(nonce, **changes),
-            self.key.private,
-            algorithm=self.key.alg,
-            headers={"kid": self.key.kid},
-        )
-
-    def render(self, request: Request) -> bytes:
-        path = request.path.decode()
-        route = self.routes.get(path)
-        body = request.content.read().decode() if request.content is not None else ""
-        if self.broken:
-            answer = Answer(503, {"error": "temporarily_unavailable"})
-        elif route == "discovery":
-            answer = Answer(200, self.discovery)
-        elif route == "jwks":
-            answer = Answer(200, {"keys": [(self.published_key or self.key).jwk()]})
-        elif route == "token":
-            form = dict(parse_qsl(body))
-            self.token_forms.append(form)
-            self.token_headers.append(
-                {k.lower(): v for k, v in request.requestHeaders.getAllRawHeaders()}
-            )
-            answer = self._token(form)
-        else:
-            answer = Answer(404, {"error": "not_found"})
-        request.setResponseCode(answer.status)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        return answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body).encode()
-
-    def _token(self, form: dict[str, str]) -> Answer:
-        grant = form.get("grant_type")
-        if grant == "authorization_code":
-            code = form.get("code", "")
-            if code not in self.codes:
-                return Answer(400, {"error": "invalid_grant"})
-            nonce = self.codes.pop(code)
-            return Answer(200, self._tokens(nonce, refresh=True))
-        if grant == "refresh_token":
-            if self.refresh_error:
-                return Answer(400, {"error": self.refresh_error})
-            return Answer(200, self._tokens(None, refresh=False))
-        return Answer(400, {"error": "unsupported_grant_type"})
-
-    def _tokens(self, nonce: str | None, *, refresh: bool) -> dict[str, Any]:
-        access = "at-" + secrets.token_urlsafe(8)
-        self.access_tokens.append(access)
-        tokens: dict[str, Any] = {
-            "access_token": access,
-            "token_type": "Bearer",
-            "expires_in": 3599,
-        }
-        if refresh:  # a refresh grant keeps the refresh token, as Google does
-            tokens["refresh_token"] = "rt-" + secrets.token_urlsafe(8)
-        if refresh or self.refresh_id_token:
-            tokens["id_token"] = self.id_token(nonce)
-        return tokens
 
 
 def graph_group(gid: str, name: str) -> dict[str, Any]:
@@ -246,6 +124,7 @@ def microsoft_server(clock: Clock, tenant: str = TENANT, **claims: Any) -> FakeT
     server = FakeTokenServer(
         clock,
         issuer=f"{LOGIN}/{TENANT}/v2.0",
+        client_id=CLIENT_ID,
         routes={
             f"/{tenant}/v2.0/.well-known/openid-configuration": "discovery",
             f"/{tenant}/discovery/v2.0/keys": "jwks",
@@ -282,12 +161,11 @@ def entra_config(tenant: str = TENANT, **changes: Any) -> Config:
     return provider_config(**{**options, **changes})
 
 
-class EntraTestCase(SynchronousTestCase):
+class EntraTestCase(FlushingTestCase):
     tenant = TENANT
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
+        self.clock = started_clock()
         self.server = microsoft_server(self.clock, self.tenant)
         self.graph = FakeGraph(self.server)
         self.http = memory_http_client(
@@ -299,18 +177,6 @@ class EntraTestCase(SynchronousTestCase):
         built = factory.build(entra_config(self.tenant, **changes), self.http, self.clock)
         self.assertTrue(verifyObject(IProvider, built))
         return built
-
-    def get(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.successResultOf(run(self.http, coro))
-
-    def fail_with(self, coro: Coroutine[Any, Any, Any], exc: type[Exception]) -> Exception:
-        failure = self.failureResultOf(run(self.http, coro), exc)
-        error: Exception = failure.value
-        return error
-
-    async def login(self, provider: EntraIDProvider, nonce: str = NONCE) -> Session:
-        session = await provider.redeem(self.server.issue_code(nonce), None, REDIRECT, nonce)
-        return await provider.enrich(session)
 
     def login_url(self, provider: EntraIDProvider, **extra: str) -> dict[str, list[str]]:
         url = self.get(
@@ -553,16 +419,11 @@ class EntraConformanceTests(ProviderConformance, SynchronousTestCase):
             clock=clock,
         )
 
-        def break_api() -> None:
-            server.broken = True
-            graph.broken = True
-
-        return ProviderSubject(
-            provider=factory.build(entra_config(), http, clock),
-            http=http,
+        return subject(
+            factory.build(entra_config(), http, clock),
+            http,
+            [server, graph],
+            "alice@contoso.com",
             code=server.issue_code(CONFORMANCE_NONCE),
-            redirect_uri=REDIRECT,
-            email="alice@contoso.com",
-            break_api=break_api,
             refreshes=True,
         )

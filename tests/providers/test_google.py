@@ -5,7 +5,6 @@ credentials ``signJwt``, all on the memory client."""
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
@@ -31,7 +30,6 @@ from oauthgate.providers.google import (
     ServiceAccount,
     factory,
 )
-from oauthgate.session import Session
 from oauthgate.testing import (
     ByHost,
     MemoryHTTPClient,
@@ -41,8 +39,16 @@ from oauthgate.testing import (
     provider_config,
 )
 from oauthgate.testing.conformance import NONCE as CONFORMANCE_NONCE
+from tests.providers.fakes import (
+    OIDC_NONCE,
+    REDIRECT,
+    T0,
+    FakeTokenServer,
+    FlushingTestCase,
+    started_clock,
+    subject,
+)
 from tests.providers.idp import RSA_KEY
-from tests.providers.test_entra import NONCE, REDIRECT, T0, FakeTokenServer, run
 
 T = TypeVar("T")
 
@@ -276,10 +282,9 @@ def google_world(clock: Clock) -> World:
     return World(server, auth, directory, http)
 
 
-class GoogleTestCase(SynchronousTestCase):
+class GoogleTestCase(FlushingTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
+        self.clock = started_clock()
         world = google_world(self.clock)
         self.server, self.auth, self.directory, self.http = (
             world.server,
@@ -301,17 +306,6 @@ class GoogleTestCase(SynchronousTestCase):
         self.assertTrue(verifyObject(IProvider, built))
         return built
 
-    def get(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.successResultOf(run(self.http, coro))
-
-    def fail_with(self, coro: Coroutine[Any, Any, Any], exc: type[Exception]) -> Exception:
-        error: Exception = self.failureResultOf(run(self.http, coro), exc).value
-        return error
-
-    async def login(self, provider: GoogleProvider, nonce: str = NONCE) -> Session:
-        session = await provider.redeem(self.server.issue_code(nonce), None, REDIRECT, nonce)
-        return await provider.enrich(session)
-
     def build_error(self, **changes: Any) -> str:
         build = GoogleProviderFactory(read_file=self.read_file).build
         error = self.assertRaises(
@@ -327,7 +321,7 @@ class LoginTests(GoogleTestCase):
         self.assertEqual(self.provider().display_name, "Google")
 
     def test_login_url_is_googles_with_offline_access_scope_and_nonce(self) -> None:
-        url = self.get(self.provider().authorize_url("st", NONCE, None, None, REDIRECT, []))
+        url = self.get(self.provider().authorize_url("st", OIDC_NONCE, None, None, REDIRECT, []))
         parts = urlsplit(url)
         self.assertEqual(
             f"{parts.scheme}://{parts.netloc}{parts.path}",
@@ -336,7 +330,7 @@ class LoginTests(GoogleTestCase):
         params = parse_qs(parts.query)
         self.assertEqual(params["access_type"], ["offline"])
         self.assertEqual(params["scope"], ["profile email"])
-        self.assertEqual(params["nonce"], [NONCE])
+        self.assertEqual(params["nonce"], [OIDC_NONCE])
         self.assertEqual(params["approval_prompt"], ["force"])
 
     def test_login_gives_the_verified_id_tokens_subject_and_email(self) -> None:
@@ -377,7 +371,7 @@ class LoginTests(GoogleTestCase):
     def test_a_nonce_from_another_login_is_refused(self) -> None:
         provider = self.provider()
         code = self.server.issue_code("another-nonce")
-        self.fail_with(provider.redeem(code, None, REDIRECT, NONCE), TokenError)
+        self.fail_with(provider.redeem(code, None, REDIRECT, OIDC_NONCE), TokenError)
 
     def test_the_token_endpoint_down_is_a_provider_error(self) -> None:
         self.server.broken = True
@@ -578,18 +572,11 @@ class GoogleConformanceTests(ProviderConformance, SynchronousTestCase):
         files = {"/etc/oauthgate/sa.json": SA_JSON}
         config = google_config(google_groups=("staff@example.com",), **DIRECTORY_OPTIONS)
 
-        def break_api() -> None:
-            world.server.broken = True
-            world.directory.broken = True
-
-        return ProviderSubject(
-            provider=GoogleProviderFactory(read_file=files.__getitem__).build(
-                config, world.http, clock
-            ),
-            http=world.http,
+        return subject(
+            GoogleProviderFactory(read_file=files.__getitem__).build(config, world.http, clock),
+            world.http,
+            [world.server, world.directory],
+            "alice@example.com",
             code=world.server.issue_code(CONFORMANCE_NONCE),
-            redirect_uri=REDIRECT,
-            email="alice@example.com",
-            break_api=break_api,
             refreshes=True,
         )

@@ -4,35 +4,42 @@ Keycloak realm's token and userinfo endpoints."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from oauthgate.errors import ConfigError, ProviderError, TokenError
+from oauthgate.errors import ConfigError, TokenError
 from oauthgate.interfaces import IProvider, IProviderFactory
 from oauthgate.plugins import Plugins
 from oauthgate.providers.keycloak_legacy import KeycloakProvider, factory
 from oauthgate.session import Session
 from oauthgate.testing import (
-    ByHost,
     GateTestCase,
     MemoryHTTPClient,
     ProviderConformance,
     ProviderSubject,
-    memory_http_client,
     provider_config,
+)
+from tests.providers.fakes import (
+    REDIRECT,
+    T0,
+    Call,
+    FakeOAuth2API,
+    code_error,
+    enrich_error,
+    make_provider,
+    redeem_and_enrich,
+    started_clock,
+    subject,
+    token_error,
 )
 
 REALM = "https://kc.test/realms/main/protocol/openid-connect"
 CLIENT_ID = "dashboard"
 CLIENT_SECRET = "kc-secret"
-REDIRECT = "https://app.test/oauth2/callback"
-T0 = 1_700_000_000.0
 URLS = {
     "login_url": REALM + "/auth",
     "redeem_url": REALM + "/token",
@@ -40,15 +47,13 @@ URLS = {
 }
 
 
-class FakeKeycloakRealm(Resource):
+class FakeKeycloakRealm(FakeOAuth2API):
     """A Keycloak realm's ``/token`` and ``/userinfo`` (with a Group Membership mapper)."""
 
-    isLeaf = True
+    outage_body = b"<html><body>Service Unavailable</body></html>"
 
     def __init__(self) -> None:
-        Resource.__init__(self)
-        self.codes: dict[str, str] = {"good-code": "alice"}
-        self.tokens: dict[str, str] = {}
+        super().__init__()
         self.users: dict[str, dict[str, Any]] = {
             "alice": {
                 "sub": "f7c0a3b2-1111-4e3a-9d0e-3c3b6f1d2a01",
@@ -64,27 +69,23 @@ class FakeKeycloakRealm(Resource):
                 "email": "bob@example.com",
             },
         }
-        self.broken = False
-        self.requests: list[tuple[bytes, dict[str, list[str]], dict[bytes, Sequence[bytes]]]] = []
 
-    def render(self, request: Request) -> bytes:
-        assert request.content is not None
-        form = parse_qs(request.content.read().decode())
-        self.requests.append((request.path, form, dict(request.requestHeaders.getAllRawHeaders())))
-        request.setHeader(b"content-type", b"application/json")
-        if self.broken:
-            request.setResponseCode(503)
-            return b"<html><body>Service Unavailable</body></html>"
-        if request.path.endswith(b"/token"):
-            user = self.codes.pop(form.get("code", [""])[0], None)
-            if form.get("client_secret") != [CLIENT_SECRET]:
-                request.setResponseCode(401)
-                return b'{"error": "unauthorized_client", "error_description": "Invalid client"}'
+    def answer(self, request: Request, call: Call) -> bytes:
+        if call.path.endswith(b"/token"):
+            user = self.take_code(call)
+            if call.form.get("client_secret") != [CLIENT_SECRET]:
+                return self.fail(
+                    request,
+                    401,
+                    b'{"error": "unauthorized_client", "error_description": "Invalid client"}',
+                )
             if user is None:
-                request.setResponseCode(400)
-                return b'{"error": "invalid_grant", "error_description": "Code not valid"}'
-            token = f"kc-at-{user}"
-            self.tokens[token] = user
+                return self.fail(
+                    request,
+                    400,
+                    b'{"error": "invalid_grant", "error_description": "Code not valid"}',
+                )
+            token = self.issue(f"kc-at-{user}", user)
             return json.dumps(
                 {
                     "access_token": token,
@@ -95,47 +96,38 @@ class FakeKeycloakRealm(Resource):
                     "scope": "api",
                 }
             ).encode()
-        if request.path.endswith(b"/userinfo"):
-            user = self.tokens.get((request.getHeader(b"authorization") or b"").decode()[7:])
+        if call.path.endswith(b"/userinfo"):
+            user = self.bearer_user(call)
             if user is None:
-                request.setResponseCode(401)
                 request.setHeader(b"www-authenticate", b'Bearer error="invalid_token"')
-                return b'{"error": "invalid_token"}'
+                return self.fail(request, 401, b'{"error": "invalid_token"}')
             return json.dumps(self.users[user]).encode()
-        request.setResponseCode(404)
-        return b"{}"
+        return super().answer(request, call)
 
 
 def build(
     api: FakeKeycloakRealm, clock: Clock, **options: Any
 ) -> tuple[KeycloakProvider, MemoryHTTPClient]:
-    http = memory_http_client(ByHost({"kc.test": api}), clock=clock)
-    config = provider_config(
+    return make_provider(
+        KeycloakProvider,
+        factory,
+        {"kc.test": api},
+        clock,
         provider="keycloak",
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
         **{**URLS, **options},
     )
-    provider = factory.build(config, http, clock)
-    assert isinstance(provider, KeycloakProvider)
-    return provider, http
 
 
 class KeycloakLegacyTests(GateTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
+        self.clock = started_clock()
         self.api = FakeKeycloakRealm()
         self.provider, self.http = build(self.api, self.clock)
 
     def login(self, code: str = "good-code", provider: KeycloakProvider | None = None) -> Session:
-        provider = provider or self.provider
-
-        async def flow() -> Session:
-            session = await provider.redeem(code, None, REDIRECT, "n")
-            return await provider.enrich(session)
-
-        return self.get_success(flow())
+        return self.get_success(redeem_and_enrich(provider or self.provider, code))
 
     def test_factory_and_provider_provide_their_interfaces(self) -> None:
         self.assert_provides(IProviderFactory, factory)
@@ -173,9 +165,9 @@ class KeycloakLegacyTests(GateTestCase):
 
     def test_userinfo_is_asked_with_the_access_token(self) -> None:
         self.login()
-        path, _, headers = self.api.requests[1]
-        self.assertEqual(path, b"/realms/main/protocol/openid-connect/userinfo")
-        self.assertEqual(headers[b"Authorization"], [b"Bearer kc-at-alice"])
+        call = self.api.requests[1]
+        self.assertEqual(call.path, b"/realms/main/protocol/openid-connect/userinfo")
+        self.assertEqual(call.headers[b"Authorization"], [b"Bearer kc-at-alice"])
 
     def test_a_user_field_wins_over_the_subject(self) -> None:
         self.api.codes["b"] = "bob"
@@ -184,8 +176,7 @@ class KeycloakLegacyTests(GateTestCase):
 
     def test_an_unverified_email_is_refused(self) -> None:
         self.api.codes["b"] = "bob"
-        session = self.get_success(self.provider.redeem("b", None, REDIRECT, "n"))
-        self.get_failure(self.provider.enrich(session), TokenError)
+        enrich_error(self, self.provider, "b", TokenError)
 
     def test_keycloak_group_admits_members_only(self) -> None:
         provider, _ = build(self.api, self.clock, keycloak_groups=("/ops", "/admins"))
@@ -198,12 +189,10 @@ class KeycloakLegacyTests(GateTestCase):
         self.assertTrue(self.get_success(self.provider.authorize(Session(email="x@y.z"))))
 
     def test_a_refused_code_is_a_provider_error(self) -> None:
-        e = self.get_failure(self.provider.redeem("bad", None, REDIRECT, "n"), ProviderError)
-        self.assertIn("invalid_grant", str(e))
+        self.assertIn("invalid_grant", str(code_error(self, self.provider, "bad")))
 
     def test_an_expired_access_token_is_a_provider_error(self) -> None:
-        e = self.get_failure(self.provider.enrich(Session(access_token="old")), ProviderError)
-        self.assertIn("HTTP 401", str(e))
+        self.assertIn("HTTP 401", str(token_error(self, self.provider, "old")))
 
     def test_sessions_are_not_refreshed(self) -> None:
         self.assertIsNone(self.get_success(self.provider.refresh(self.login())))
@@ -213,15 +202,4 @@ class KeycloakLegacyConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
         api = FakeKeycloakRealm()
         provider, http = build(api, clock)
-
-        def break_api() -> None:
-            api.broken = True
-
-        return ProviderSubject(
-            provider=provider,
-            http=http,
-            code="good-code",
-            redirect_uri=REDIRECT,
-            email="alice@example.com",
-            break_api=break_api,
-        )
+        return subject(provider, http, [api], "alice@example.com")

@@ -3,84 +3,70 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from oauthgate.errors import ProviderError
 from oauthgate.interfaces import IProvider, IProviderFactory
 from oauthgate.plugins import Plugins
 from oauthgate.providers.linkedin import LinkedInProvider, factory
 from oauthgate.session import Session
-from oauthgate.testing import (
-    ByHost,
-    GateTestCase,
-    MemoryHTTPClient,
-    ProviderConformance,
-    ProviderSubject,
-    memory_http_client,
-    provider_config,
+from oauthgate.testing import GateTestCase, MemoryHTTPClient, ProviderConformance, ProviderSubject
+from tests.providers.fakes import (
+    REDIRECT,
+    T0,
+    Call,
+    FakeOAuth2API,
+    code_error,
+    enrich_error,
+    make_provider,
+    redeem_and_enrich,
+    started_clock,
+    subject,
+    token_error,
 )
 
 CLIENT_ID = "li-client"
 CLIENT_SECRET = "li-secret"
-REDIRECT = "https://app.test/oauth2/callback"
-T0 = 1_700_000_000.0
 
 
-class FakeLinkedIn(Resource):
+class FakeLinkedIn(FakeOAuth2API):
     """www.linkedin.com's token endpoint and api.linkedin.com's ``/v2/emailAddress``."""
 
-    isLeaf = True
+    outage_body = b'{"status": 503, "message": "Service Unavailable"}'
 
     def __init__(self) -> None:
-        Resource.__init__(self)
-        self.codes: dict[str, str] = {"good-code": "alice"}
-        self.tokens: dict[str, str] = {}
+        super().__init__()
         self.emails: dict[str, str | None] = {"alice": "alice@example.com", "hidden": None}
-        self.broken = False
-        self.requests: list[tuple[bytes, dict[str, list[str]], dict[bytes, Sequence[bytes]]]] = []
 
-    def render(self, request: Request) -> bytes:
-        assert request.content is not None
-        form = parse_qs(request.content.read().decode())
-        query = {k.decode(): [v.decode() for v in vs] for k, vs in (request.args or {}).items()}
-        self.requests.append(
-            (request.path, {**query, **form}, dict(request.requestHeaders.getAllRawHeaders()))
-        )
-        request.setHeader(b"content-type", b"application/json")
-        if self.broken:
-            request.setResponseCode(503)
-            return b'{"status": 503, "message": "Service Unavailable"}'
-        if request.path == b"/uas/oauth2/accessToken":
-            user = self.codes.pop(form.get("code", [""])[0], None)
-            if form.get("client_secret") != [CLIENT_SECRET] or user is None:
-                request.setResponseCode(400)
-                return json.dumps(
-                    {
-                        "error": "invalid_request",
-                        "error_description": "Unable to retrieve access token: authorization "
-                        "code not found",
-                    }
-                ).encode()
-            token = f"AQX-{user}"
-            self.tokens[token] = user
-            return json.dumps({"access_token": token, "expires_in": 5184000}).encode()
-        if request.path == b"/v2/emailAddress":
-            user = self.tokens.get((request.getHeader(b"authorization") or b"").decode()[7:])
-            if user is None:
-                request.setResponseCode(401)
-                return (
-                    b'{"serviceErrorCode": 65600, "message": "Invalid access token", "status": 401}'
+    def answer(self, request: Request, call: Call) -> bytes:
+        if call.path == b"/uas/oauth2/accessToken":
+            user = self.take_code(call)
+            if call.form.get("client_secret") != [CLIENT_SECRET] or user is None:
+                return self.fail(
+                    request,
+                    400,
+                    json.dumps(
+                        {
+                            "error": "invalid_request",
+                            "error_description": "Unable to retrieve access token: "
+                            "authorization code not found",
+                        }
+                    ).encode(),
                 )
+            token = self.issue(f"AQX-{user}", user)
+            return json.dumps({"access_token": token, "expires_in": 5184000}).encode()
+        if call.path == b"/v2/emailAddress":
+            user = self.bearer_user(call)
+            if user is None:
+                error = {"serviceErrorCode": 65600, "message": "Invalid access token"}
+                return self.fail(request, 401, json.dumps({**error, "status": 401}).encode())
+            query = call.params
             if query.get("q") != ["members"] or query.get("projection") != ["(elements*(handle~))"]:
-                request.setResponseCode(400)
-                return b'{"message": "Invalid query", "status": 400}'
+                return self.fail(request, 400, b'{"message": "Invalid query", "status": 400}')
             email = self.emails[user]
             elements = (
                 []
@@ -90,36 +76,32 @@ class FakeLinkedIn(Resource):
                 ]
             )
             return json.dumps({"elements": elements}).encode()
-        request.setResponseCode(404)
-        return b"{}"
+        return super().answer(request, call)
 
 
 def build(
     api: FakeLinkedIn, clock: Clock, **options: Any
 ) -> tuple[LinkedInProvider, MemoryHTTPClient]:
-    hosts = ByHost({"www.linkedin.com": api, "api.linkedin.com": api})
-    http = memory_http_client(hosts, clock=clock)
-    config = provider_config(
-        provider="linkedin", client_id=CLIENT_ID, client_secret=CLIENT_SECRET, **options
+    return make_provider(
+        LinkedInProvider,
+        factory,
+        {"www.linkedin.com": api, "api.linkedin.com": api},
+        clock,
+        provider="linkedin",
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        **options,
     )
-    provider = factory.build(config, http, clock)
-    assert isinstance(provider, LinkedInProvider)
-    return provider, http
 
 
 class LinkedInTests(GateTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
+        self.clock = started_clock()
         self.api = FakeLinkedIn()
         self.provider, self.http = build(self.api, self.clock)
 
     def login(self, code: str = "good-code") -> Session:
-        async def flow() -> Session:
-            session = await self.provider.redeem(code, None, REDIRECT, "n")
-            return await self.provider.enrich(session)
-
-        return self.get_success(flow())
+        return self.get_success(redeem_and_enrich(self.provider, code))
 
     def test_factory_and_provider_provide_their_interfaces(self) -> None:
         self.assert_provides(IProviderFactory, factory)
@@ -140,24 +122,21 @@ class LinkedInTests(GateTestCase):
 
     def test_the_email_api_is_asked_as_linkedin_documents(self) -> None:
         self.login()
-        path, query, headers = self.api.requests[1]
-        self.assertEqual(path, b"/v2/emailAddress")
-        self.assertEqual(query["projection"], ["(elements*(handle~))"])
-        self.assertEqual(headers[b"X-Li-Format"], [b"json"])
-        self.assertEqual(headers[b"Authorization"], [b"Bearer AQX-alice"])
+        call = self.api.requests[1]
+        self.assertEqual(call.path, b"/v2/emailAddress")
+        self.assertEqual(call.params["projection"], ["(elements*(handle~))"])
+        self.assertEqual(call.headers[b"X-Li-Format"], [b"json"])
+        self.assertEqual(call.headers[b"Authorization"], [b"Bearer AQX-alice"])
 
     def test_a_member_without_an_email_cannot_log_in(self) -> None:
         self.api.codes["c2"] = "hidden"
-        session = self.get_success(self.provider.redeem("c2", None, REDIRECT, "n"))
-        e = self.get_failure(self.provider.enrich(session), ProviderError)
-        self.assertIn("no email", str(e))
+        self.assertIn("no email", str(enrich_error(self, self.provider, "c2")))
 
     def test_a_refused_code_is_a_provider_error(self) -> None:
-        self.get_failure(self.provider.redeem("bad", None, REDIRECT, "n"), ProviderError)
+        code_error(self, self.provider, "bad")
 
     def test_an_invalid_token_is_a_provider_error(self) -> None:
-        e = self.get_failure(self.provider.enrich(Session(access_token="bad")), ProviderError)
-        self.assertIn("HTTP 401", str(e))
+        self.assertIn("HTTP 401", str(token_error(self, self.provider, "bad")))
 
     def test_sessions_are_not_refreshed(self) -> None:
         self.assertIsNone(self.get_success(self.provider.refresh(Session(refresh_token="r"))))
@@ -167,15 +146,4 @@ class LinkedInConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
         api = FakeLinkedIn()
         provider, http = build(api, clock)
-
-        def break_api() -> None:
-            api.broken = True
-
-        return ProviderSubject(
-            provider=provider,
-            http=http,
-            code="good-code",
-            redirect_uri=REDIRECT,
-            email="alice@example.com",
-            break_api=break_api,
-        )
+        return subject(provider, http, [api], "alice@example.com")

@@ -4,35 +4,42 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from oauthgate.errors import ConfigError, ProviderError
+from oauthgate.errors import ConfigError
 from oauthgate.interfaces import IProvider, IProviderFactory
 from oauthgate.plugins import Plugins
 from oauthgate.providers.nextcloud import NextcloudProvider, factory
 from oauthgate.session import Session
 from oauthgate.testing import (
-    ByHost,
     GateTestCase,
     MemoryHTTPClient,
     ProviderConformance,
     ProviderSubject,
-    memory_http_client,
     provider_config,
+)
+from tests.providers.fakes import (
+    REDIRECT,
+    T0,
+    Call,
+    FakeOAuth2API,
+    code_error,
+    enrich_error,
+    make_provider,
+    redeem_and_enrich,
+    started_clock,
+    subject,
+    token_error,
 )
 
 BASE = "https://cloud.test"
 CLIENT_ID = "nc-client"
 CLIENT_SECRET = "nc-secret"
-REDIRECT = "https://app.test/oauth2/callback"
-T0 = 1_700_000_000.0
 URLS = {
     "login_url": BASE + "/index.php/apps/oauth2/authorize",
     "redeem_url": BASE + "/index.php/apps/oauth2/api/v1/token",
@@ -45,15 +52,14 @@ def ocs(data: Any, status: str = "ok", code: int = 200, message: str = "OK") -> 
     return json.dumps({"ocs": {"meta": meta, "data": data}}).encode()
 
 
-class FakeNextcloud(Resource):
+class FakeNextcloud(FakeOAuth2API):
     """A Nextcloud server's OAuth2 token endpoint and ``/ocs/v2.php/cloud/user``."""
 
-    isLeaf = True
+    content_type = b"application/json; charset=utf-8"
+    outage_body = b'{"message": "Nextcloud is in maintenance mode"}'
 
     def __init__(self) -> None:
-        Resource.__init__(self)
-        self.codes: dict[str, str] = {"good-code": "alice"}
-        self.tokens: dict[str, str] = {}
+        super().__init__()
         self.users: dict[str, dict[str, Any]] = {
             "alice": {
                 "enabled": True,
@@ -66,42 +72,27 @@ class FakeNextcloud(Resource):
                 "quota": {"used": 1024},
             }
         }
-        self.broken = False
         self.ocs_failure = False
-        self.requests: list[tuple[bytes, dict[str, list[str]], dict[bytes, Sequence[bytes]]]] = []
 
-    def render(self, request: Request) -> bytes:
-        assert request.content is not None
-        form = parse_qs(request.content.read().decode())
-        query = {k.decode(): [v.decode() for v in vs] for k, vs in (request.args or {}).items()}
-        self.requests.append(
-            (request.path, {**query, **form}, dict(request.requestHeaders.getAllRawHeaders()))
-        )
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        if self.broken:
-            request.setResponseCode(503)
-            return b'{"message": "Nextcloud is in maintenance mode"}'
-        if request.path == b"/index.php/apps/oauth2/api/v1/token":
-            return self._token(request, form)
-        if request.path == b"/ocs/v2.php/cloud/user":
-            return self._user(request)
-        request.setResponseCode(404)
-        return b"{}"
+    def answer(self, request: Request, call: Call) -> bytes:
+        if call.path == b"/index.php/apps/oauth2/api/v1/token":
+            return self._token(request, call)
+        if call.path == b"/ocs/v2.php/cloud/user":
+            return self._user(request, call)
+        return super().answer(request, call)
 
-    def _client(self, request: Request, form: dict[str, list[str]]) -> tuple[str, str]:
-        auth = (request.getHeader(b"authorization") or b"").decode()
+    def _client(self, call: Call) -> tuple[str, str]:
+        auth = call.header(b"authorization")
         if auth.startswith("Basic "):
             client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
             return client_id, secret
-        return form.get("client_id", [""])[0], form.get("client_secret", [""])[0]
+        return call.form.get("client_id", [""])[0], call.form.get("client_secret", [""])[0]
 
-    def _token(self, request: Request, form: dict[str, list[str]]) -> bytes:
-        user = self.codes.pop(form.get("code", [""])[0], None)
-        if self._client(request, form) != (CLIENT_ID, CLIENT_SECRET) or user is None:
-            request.setResponseCode(400)
-            return b'{"error": "invalid_request"}'
-        token = f"nc-{user}-{len(self.tokens)}"
-        self.tokens[token] = user
+    def _token(self, request: Request, call: Call) -> bytes:
+        user = self.take_code(call)
+        if self._client(call) != (CLIENT_ID, CLIENT_SECRET) or user is None:
+            return self.fail(request, 400, b'{"error": "invalid_request"}')
+        token = self.issue(f"nc-{user}-{len(self.tokens)}", user)
         return json.dumps(
             {
                 "access_token": token,
@@ -112,14 +103,12 @@ class FakeNextcloud(Resource):
             }
         ).encode()
 
-    def _user(self, request: Request) -> bytes:
-        if request.getHeader(b"ocs-apirequest") != b"true":
-            request.setResponseCode(412)
-            return b'{"message": "CSRF check failed"}'
-        user = self.tokens.get((request.getHeader(b"authorization") or b"").decode()[7:])
+    def _user(self, request: Request, call: Call) -> bytes:
+        if call.header(b"ocs-apirequest") != "true":
+            return self.fail(request, 412, b'{"message": "CSRF check failed"}')
+        user = self.bearer_user(call)
         if user is None:
-            request.setResponseCode(401)
-            return ocs([], "failure", 997, "Current user is not logged in")
+            return self.fail(request, 401, ocs([], "failure", 997, "Current user is not logged in"))
         if self.ocs_failure:
             return ocs([], "failure", 996, "Server error")
         return ocs(self.users[user])
@@ -128,33 +117,26 @@ class FakeNextcloud(Resource):
 def build(
     api: FakeNextcloud, clock: Clock, **options: Any
 ) -> tuple[NextcloudProvider, MemoryHTTPClient]:
-    http = memory_http_client(ByHost({"cloud.test": api}), clock=clock)
-    config = provider_config(
+    return make_provider(
+        NextcloudProvider,
+        factory,
+        {"cloud.test": api},
+        clock,
         provider="nextcloud",
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
         **{**URLS, **options},
     )
-    provider = factory.build(config, http, clock)
-    assert isinstance(provider, NextcloudProvider)
-    return provider, http
 
 
 class NextcloudTests(GateTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(T0)
+        self.clock = started_clock()
         self.api = FakeNextcloud()
         self.provider, self.http = build(self.api, self.clock)
 
     def login(self, provider: NextcloudProvider | None = None) -> Session:
-        provider = provider or self.provider
-
-        async def flow() -> Session:
-            session = await provider.redeem("good-code", None, REDIRECT, "n")
-            return await provider.enrich(session)
-
-        return self.get_success(flow())
+        return self.get_success(redeem_and_enrich(provider or self.provider))
 
     def test_factory_and_provider_provide_their_interfaces(self) -> None:
         self.assert_provides(IProviderFactory, factory)
@@ -183,10 +165,10 @@ class NextcloudTests(GateTestCase):
 
     def test_the_ocs_api_is_asked_with_the_access_token_and_the_ocs_header(self) -> None:
         self.login()
-        path, query, headers = self.api.requests[1]
-        self.assertEqual((path, query["format"]), (b"/ocs/v2.php/cloud/user", ["json"]))
-        self.assertEqual(headers[b"Authorization"], [b"Bearer nc-alice-0"])
-        self.assertEqual(headers[b"Ocs-Apirequest"], [b"true"])
+        call = self.api.requests[1]
+        self.assertEqual((call.path, call.params["format"]), (b"/ocs/v2.php/cloud/user", ["json"]))
+        self.assertEqual(call.headers[b"Authorization"], [b"Bearer nc-alice-0"])
+        self.assertEqual(call.headers[b"Ocs-Apirequest"], [b"true"])
 
     def test_email_and_groups_claims_can_name_other_ocs_fields(self) -> None:
         provider, _ = build(
@@ -200,22 +182,19 @@ class NextcloudTests(GateTestCase):
 
     def test_an_ocs_failure_status_is_a_provider_error(self) -> None:
         self.api.ocs_failure = True
-        session = self.get_success(self.provider.redeem("good-code", None, REDIRECT, "n"))
-        e = self.get_failure(self.provider.enrich(session), ProviderError)
+        e = enrich_error(self, self.provider)
         self.assertIn("failure", str(e))
 
     def test_a_user_without_an_email_cannot_log_in(self) -> None:
         self.api.users["alice"]["email"] = None
-        session = self.get_success(self.provider.redeem("good-code", None, REDIRECT, "n"))
-        e = self.get_failure(self.provider.enrich(session), ProviderError)
+        e = enrich_error(self, self.provider)
         self.assertIn("ocs.data.email", str(e))
 
     def test_an_invalid_token_is_a_provider_error(self) -> None:
-        e = self.get_failure(self.provider.enrich(Session(access_token="x")), ProviderError)
-        self.assertIn("HTTP 401", str(e))
+        self.assertIn("HTTP 401", str(token_error(self, self.provider, "x")))
 
     def test_a_refused_code_is_a_provider_error(self) -> None:
-        self.get_failure(self.provider.redeem("bad", None, REDIRECT, "n"), ProviderError)
+        code_error(self, self.provider, "bad")
 
     def test_sessions_are_not_refreshed(self) -> None:
         self.assertIsNone(self.get_success(self.provider.refresh(self.login())))
@@ -225,15 +204,4 @@ class NextcloudConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
         api = FakeNextcloud()
         provider, http = build(api, clock)
-
-        def break_api() -> None:
-            api.broken = True
-
-        return ProviderSubject(
-            provider=provider,
-            http=http,
-            code="good-code",
-            redirect_uri=REDIRECT,
-            email="alice@example.com",
-            break_api=break_api,
-        )
+        return subject(provider, http, [api], "alice@example.com")

@@ -1,0 +1,552 @@
+"""The benchmark: every server on loopback in its own process, load from ``wrk``.
+
+``python -m bench`` starts an identity provider (discovery and an RS256 JWKS), a static
+upstream, a bare twisted.web "ceiling" server, ``redis-server`` and three
+``twistd -n oauthgate`` processes (cookie sessions with the request log on, the same with
+it off, Redis sessions), drives each scenario with ``wrk --latency`` and prints one table:
+requests/s, p50/p99 latency, CPU seconds per 1000 requests and peak RSS of the process
+under test, and each scenario's ratio to the ceiling (and to the direct upstream for the
+proxied scenarios). Every run is bounded by ``--duration``; everything is stopped at the
+end. ``--smoke`` is the short run the test suite makes (no speed is asserted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from oauthgate.session import Session
+from oauthgate.sessions.cookie_store import CookieSessionStore
+from oauthgate.sessions.crypto import Sealer, decode_secret
+from oauthgate.sessions.redis_store import RedisSessionStore
+
+__all__ = ["Result", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+CLIENT_ID = "bench-client"
+CLIENT_SECRET = "bench-client-secret"
+COOKIE_NAME = "_oauth2_proxy"
+USER = "alice"
+EMAIL = "alice@example.com"
+KID = "bench-1"
+START_TIMEOUT = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Headers Twisted writes itself: the ceiling must not send them twice.
+_OWN_HEADERS = {"date", "server", "content-length", "connection", "transfer-encoding"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    """A child process whose output goes to a file, and its CPU time and peak RSS."""
+
+    def __init__(self, name: str, command: Sequence[str], workdir: Path) -> None:
+        self.name = name
+        self.output = workdir / f"{name}.log"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            list(command), cwd=workdir, env=env, stdout=self._out, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.output.read_text("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def cpu_seconds(self) -> float:
+        """utime + stime so far."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._out.close()
+
+
+def request(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, list[tuple[str, str]]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheaders()
+    finally:
+        conn.close()
+
+
+def wait_for_status(
+    process: Process, port: int, path: str, status: int, headers: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """Poll until ``GET path`` answers ``status``; its headers."""
+    deadline = time.monotonic() + START_TIMEOUT
+    last: object = None
+    while time.monotonic() < deadline:
+        process.check_alive()
+        try:
+            got, response_headers = request(port, path, headers)
+            if got == status:
+                return response_headers
+            last = got
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{process.name}: GET {path} did not answer {status} within {START_TIMEOUT}s "
+        f"(last: {last}):\n{process.log_tail()}"
+    )
+
+
+# --- credentials -----------------------------------------------------------------
+
+
+def _wall_clock() -> Clock:
+    clock = Clock()
+    clock.advance(time.time())
+    return clock
+
+
+def _session() -> Session:
+    return Session(user=USER, email=EMAIL, created_at=time.time())
+
+
+def cookie_session(secret: str) -> str:
+    """A cookie-store session cookie value for ``secret``."""
+    store = CookieSessionStore(
+        Sealer(decode_secret(secret)), _wall_clock(), purpose=COOKIE_NAME, lifetime=0.0
+    )
+    saved: Deferred[str] = Deferred.fromCoroutine(store.save(_session(), None))
+    return str(saved.result)  # sealing runs to its end at once
+
+
+class _CapturingClient:
+    """Stands in for the Redis client: keeps the SET the store would send."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    async def execute(self, *args: Any) -> Any:
+        self.commands.append(args)
+        return "OK"
+
+
+def redis_session(secret: str, redis_port: int) -> str:
+    """A Redis-store session: written to Redis with redis-cli; the cookie value."""
+    client = _CapturingClient()
+    store = RedisSessionStore(
+        client,  # type: ignore[arg-type]
+        Sealer(decode_secret(secret)),
+        _wall_clock(),
+        cookie_name=COOKIE_NAME,
+        lifetime=0.0,
+    )
+    saved: Deferred[str] = Deferred.fromCoroutine(store.save(_session(), None))
+    value = str(saved.result)
+    for command in client.commands:
+        subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(redis_port), *map(str, command)],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+    return value
+
+
+def bearer_token(key: rsa.RSAPrivateKey, issuer: str) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": issuer,
+        "aud": CLIENT_ID,
+        "sub": USER,
+        "email": EMAIL,
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 24 * 3600,
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
+
+
+def jwks(key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update(kid=KID, alg="RS256", use="sig")
+    return {"keys": [jwk]}
+
+
+# --- wrk -------------------------------------------------------------------------
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _millis(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass
+class Wrk:
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def run_wrk(
+    url: str, headers: dict[str, str], *, duration: int, connections: int, timeout: int = 10
+) -> Wrk:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", f"--timeout={timeout}s"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    command += ["--latency", url]
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration + timeout + 30, check=True
+    ).stdout
+    requests = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if not (requests and rps and p50 and p99):
+        raise RuntimeError(f"could not read wrk's output:\n{out}")
+    return Wrk(
+        requests=int(requests.group(1)),
+        rps=float(rps.group(1)),
+        p50_ms=_millis(p50.group(1)),
+        p99_ms=_millis(p99.group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+    )
+
+
+# --- scenarios -------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    scenario: str
+    name: str
+    status: int
+    connections: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_s_per_1k: float
+    peak_rss_mib: float
+    non_2xx: int
+    socket_errors: int
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    scenario: str
+    name: str
+    process: Process
+    port: int
+    path: str
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    connections: int = 10
+
+
+def measure(target: Target, duration: int) -> Result:
+    got, _ = request(target.port, target.path, target.headers)
+    if got != target.status:
+        raise RuntimeError(f"{target.name}: expected {target.status}, got {got}")
+    before = target.process.cpu_seconds()
+    result = run_wrk(
+        f"http://127.0.0.1:{target.port}{target.path}",
+        target.headers,
+        duration=duration,
+        connections=target.connections,
+    )
+    cpu = target.process.cpu_seconds() - before
+    target.process.check_alive()
+    return Result(
+        scenario=target.scenario,
+        name=target.name,
+        status=target.status,
+        connections=target.connections,
+        requests=result.requests,
+        rps=result.rps,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        cpu_s_per_1k=cpu / max(result.requests, 1) * 1000,
+        peak_rss_mib=target.process.peak_rss_mib(),
+        non_2xx=result.non_2xx,
+        socket_errors=result.socket_errors,
+    )
+
+
+@contextmanager
+def processes() -> Iterator[Callable[[str, Sequence[str], Path], Process]]:
+    started: list[Process] = []
+
+    def start(name: str, command: Sequence[str], workdir: Path) -> Process:
+        process = Process(name, command, workdir)
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def _server(role: str, port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "bench.servers", role, str(port), *args]
+
+
+def _gate(port: int, args: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        TWISTD,
+        "-n",
+        "--pidfile=",
+        "oauthgate",
+        f"--http-address=127.0.0.1:{port}",
+        *args,
+    ]
+
+
+def run(duration: int, latency_duration: int, warmup: int, workdir: Path) -> list[Result]:
+    for binary in ("wrk", "redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            raise RuntimeError(f"{binary} not found (apt-get install wrk redis-server)")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    ports = {n: free_port() for n in ("idp", "upstream", "redis", "log", "nolog", "rds", "ceil")}
+    idp_url = f"http://127.0.0.1:{ports['idp']}"
+    common = [
+        "--provider=oidc",
+        f"--oidc-issuer-url={idp_url}",
+        f"--client-id={CLIENT_ID}",
+        f"--client-secret={CLIENT_SECRET}",
+        f"--cookie-secret={secret}",
+        "--cookie-secure=false",
+        "--email-domain=example.com",
+        f"--upstream=http://127.0.0.1:{ports['upstream']}/",
+        "--skip-jwt-bearer-tokens",
+    ]
+    with processes() as start:
+        idp = start("idp", _server("idp", ports["idp"], json.dumps(jwks(key))), workdir)
+        upstream = start("upstream", _server("upstream", ports["upstream"]), workdir)
+        start(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(ports["redis"]),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            workdir,
+        )
+        log_on = start("oauthgate-log", _gate(ports["log"], common), workdir)
+        log_off = start(
+            "oauthgate-nolog", _gate(ports["nolog"], [*common, "--request-logging=false"]), workdir
+        )
+        with_redis = start(
+            "oauthgate-redis",
+            _gate(
+                ports["rds"],
+                [
+                    *common,
+                    "--session-store-type=redis",
+                    f"--redis-connection-url=redis://127.0.0.1:{ports['redis']}",
+                ],
+            ),
+            workdir,
+        )
+        wait_for_status(idp, ports["idp"], "/jwks", 200)
+        wait_for_status(upstream, ports["upstream"], "/1k", 200)
+        for process, port in ((log_on, ports["log"]), (log_off, ports["nolog"])):
+            wait_for_status(process, port, "/ping", 200)
+        wait_for_status(with_redis, ports["rds"], "/ping", 200)
+
+        cookie = {"Cookie": f"{COOKIE_NAME}={cookie_session(secret)}"}
+        redis_cookie = {"Cookie": f"{COOKIE_NAME}={redis_session(secret, ports['redis'])}"}
+        bearer = {"Authorization": f"Bearer {bearer_token(key, idp_url)}"}
+        auth = "/oauth2/auth"
+        gate_headers = wait_for_status(log_on, ports["log"], auth, 202, cookie)
+        wait_for_status(log_on, ports["log"], auth, 202, bearer)  # JWKS fetched
+        wait_for_status(with_redis, ports["rds"], auth, 202, redis_cookie)
+        same = [(k, v) for k, v in gate_headers if k.lower() not in _OWN_HEADERS]
+        ceiling = start("ceiling", _server("ceiling", ports["ceil"], json.dumps(same)), workdir)
+        wait_for_status(ceiling, ports["ceil"], auth, 202)
+
+        targets = [
+            Target("0", "ceiling: bare twisted.web 202", ceiling, ports["ceil"], auth, 202),
+            Target("1", "auth, cookie session", log_on, ports["log"], auth, 202, cookie),
+            Target(
+                "1", "auth, cookie session, log off", log_off, ports["nolog"], auth, 202, cookie
+            ),
+            Target("1", "auth, Redis session", with_redis, ports["rds"], auth, 202, redis_cookie),
+            Target("2", "auth, RS256 JWT bearer", log_on, ports["log"], auth, 202, bearer),
+            Target("3", "auth, no session (401)", log_on, ports["log"], auth, 401),
+        ]
+        for size in ("1k", "1m"):
+            for connections in (10, 1):
+                targets += [
+                    Target(
+                        "4",
+                        f"direct upstream {size}",
+                        upstream,
+                        ports["upstream"],
+                        f"/{size}",
+                        200,
+                        connections=connections,
+                    ),
+                    Target(
+                        "4",
+                        f"proxied {size}",
+                        log_on,
+                        ports["log"],
+                        f"/{size}",
+                        200,
+                        cookie,
+                        connections=connections,
+                    ),
+                ]
+        if warmup:
+            for _process, port, headers in (
+                (log_on, ports["log"], cookie),
+                (log_off, ports["nolog"], cookie),
+                (with_redis, ports["rds"], redis_cookie),
+                (ceiling, ports["ceil"], {}),
+            ):
+                run_wrk(f"http://127.0.0.1:{port}{auth}", headers, duration=warmup, connections=10)
+        results = []
+        for target in targets:
+            results.append(
+                measure(target, duration if target.connections > 1 else latency_duration)
+            )
+        return _with_ratios(results)
+
+
+def _with_ratios(results: list[Result]) -> list[Result]:
+    ceiling = results[0]
+    direct: dict[tuple[str, int], Result] = {}
+    for result in results:
+        if result.name.startswith("direct upstream"):
+            direct[(result.name.rsplit(" ", 1)[1], result.connections)] = result
+    for result in results[1:]:
+        result.ratios["ceiling"] = result.rps / ceiling.rps
+        if result.name.startswith("proxied"):
+            base = direct[(result.name.rsplit(" ", 1)[1], result.connections)]
+            result.ratios["direct"] = result.rps / base.rps
+            result.ratios["p50_over_direct_ms"] = result.p50_ms - base.p50_ms
+    on = next(r for r in results if r.name == "auth, cookie session")
+    off = next(r for r in results if r.name == "auth, cookie session, log off")
+    on.ratios["log_cost"] = 1 - on.rps / off.rps
+    return results
+
+
+def table(results: list[Result]) -> str:
+    header = (
+        "| # | scenario | c | req/s | p50 ms | p99 ms | CPU s/1k req | peak RSS MiB "
+        "| vs ceiling | vs direct |"
+    )
+    lines = [header, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in results:
+        vs_ceiling = f"{r.ratios['ceiling']:.0%}" if "ceiling" in r.ratios else "100%"
+        vs_direct = ""
+        if "direct" in r.ratios:
+            vs_direct = f"{r.ratios['direct']:.0%}, p50 {r.ratios['p50_over_direct_ms']:+.2f} ms"
+        name = r.name
+        if "log_cost" in r.ratios:
+            name += f" (log costs {r.ratios['log_cost']:.0%})"
+        if (r.non_2xx and r.status < 300) or r.socket_errors:
+            name += f" [{r.non_2xx} non-2xx, {r.socket_errors} socket errors]"
+        lines.append(
+            f"| {r.scenario} | {name} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.cpu_s_per_1k:.3f} | {r.peak_rss_mib:.0f} "
+            f"| {vs_ceiling} | {vs_direct} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per -c10 run")
+    parser.add_argument("--latency-duration", type=int, default=10, help="seconds per -c1 run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server")
+    parser.add_argument("--smoke", action="store_true", help="1 s runs, no warm-up")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--keep", type=Path, help="keep the processes' logs in this directory")
+    options = parser.parse_args(argv)
+    if options.smoke:
+        options.duration = options.latency_duration = 1
+        options.warmup = 0
+    if options.keep:
+        options.keep.mkdir(parents=True, exist_ok=True)
+        results = run(options.duration, options.latency_duration, options.warmup, options.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="oauthgate-bench-") as tmp:
+            results = run(options.duration, options.latency_duration, options.warmup, Path(tmp))
+    print(table(results))
+    if options.json:
+        options.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
