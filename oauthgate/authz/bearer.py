@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +32,9 @@ from oauthgate.providers.claims import coerce_groups, get_claim
 from oauthgate.providers.jwks import HTTPClientLike, JWKSCache, SingleFlight, fetch
 from oauthgate.providers.oidc import LEEWAY
 from oauthgate.session import Session
+
+VERIFIED_CACHE_SIZE = 4096
+"""How many verified bearer tokens are remembered (each until its ``exp``)."""
 
 __all__ = [
     "JWT_PATTERN",
@@ -321,6 +325,9 @@ class BearerVerifier:
         self._allow_unverified_email = allow_unverified_email
         self._leeway = leeway
         self._provider_id = provider_id
+        # sha256(token) -> (exp, session): a token already verified is not verified again
+        # (PyJWT costs more than the RSA check itself) until it expires. Bounded.
+        self._verified: dict[bytes, tuple[float, Session]] = {}
         client = cast(HTTPClientLike, http_client)  # treq's typed HTTPClient is one
         self._issuers: dict[str, _Issuer] = {}
         for trusted in issuers:
@@ -391,6 +398,12 @@ class BearerVerifier:
             BearerTokenError: the token is refused; ``code`` says which check failed.
             ProviderError: the issuer's keys could not be fetched (not the token's fault).
         """
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        hit = self._verified.get(digest)
+        if hit is not None:
+            if self._clock.seconds() <= hit[0] + self._leeway:
+                return hit[1]
+            del self._verified[digest]  # expired: the full check below says so
         header, unverified = _unverified(token)
         iss = unverified.get("iss")
         issuer = self._issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
@@ -428,6 +441,11 @@ class BearerVerifier:
         if issuer.extra_groups is not None:
             extra = issuer.extra_groups(unverified)
             session = attrs.evolve(session, groups=tuple(dict.fromkeys((*session.groups, *extra))))
+        exp = _seconds(unverified.get("exp"))
+        if exp is not None:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest entry
+            self._verified[digest] = (exp, session)
         return session
 
     def _check(self, claims: Mapping[str, Any], issuer: _Issuer) -> None:

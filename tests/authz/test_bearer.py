@@ -511,3 +511,35 @@ class ConfigTests(BearerTestCase):
             BearerVerifier.from_config(config, self.http, self.clock).verify(self.token())
         )
         self.assertEqual(session.email, "alice")
+
+
+class VerifiedCacheTests(BearerTestCase):
+    """A token verified once is remembered until it expires: API clients send the same
+    token on every request, and verifying it each time costs more than the RSA check."""
+
+    def test_a_verified_token_is_not_verified_again(self) -> None:
+        verifier = self.verifier()
+        token = self.token()
+        first = self.get_success(verifier.verify(token))
+        asked = list(self.idp_log.paths)
+        # Even with the signing key gone from the provider, the remembered token passes,
+        # and the provider is not asked again.
+        self.idp.rotate_key(keep_old=False)
+        self.clock.advance(120)
+        self.assertEqual(self.get_success(verifier.verify(token)), first)
+        self.assertEqual(self.idp_log.paths, asked)
+
+    def test_a_remembered_token_is_refused_once_it_expires(self) -> None:
+        verifier = self.verifier()
+        token = self.token()
+        self.get_success(verifier.verify(token))
+        self.clock.advance(3600 + 61)
+        self.assertEqual(self.code(verifier, token), "expired")
+
+    def test_a_tampered_copy_of_a_remembered_token_is_still_checked(self) -> None:
+        verifier = self.verifier()
+        token = self.token()
+        self.get_success(verifier.verify(token))
+        header, payload, signature = token.split(".")
+        forged = f"{header}.{payload}.{signature[:-4]}AAAA"
+        self.assertIn(self.code(verifier, forged), ("bad_signature", "malformed"))
