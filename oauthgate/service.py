@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -11,9 +12,12 @@ from typing import Any
 import attrs
 from treq.client import HTTPClient
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import maybeDeferred as maybe_deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -32,24 +36,35 @@ from oauthgate.config.options import Config
 from oauthgate.config.validate import listen_description
 from oauthgate.errors import ConfigError
 from oauthgate.interfaces import IAuthorizer, IProvider, ISessionStore, IUpstream
+from oauthgate.logs import AccessLog, LogService, access_log_from_config
 from oauthgate.metrics import NO_METRICS, MeteredStore, Metrics, MetricsResource
 from oauthgate.plugins import Plugins
 from oauthgate.pool import persistent_pool
 from oauthgate.providers.keycloak import role_groups
+from oauthgate.reload import ReloadOnHangup, reload_actions
 from oauthgate.sessions.cookie_store import CookieSessionStore
 from oauthgate.sessions.cookies import CookieSettings
 from oauthgate.sessions.crypto import Sealer, decode_secret
 from oauthgate.sessions.redis_store import RedisSessionStore
+from oauthgate.shutdown import RequestsInFlight
+from oauthgate.systemd import Notifier
 from oauthgate.tls import client_tls_policy
 from oauthgate.upstreams.build import routing_table
 from oauthgate.web.access import AccessRules, Credentials
 from oauthgate.web.gate import Gate, GateProvider, GateResource
+from oauthgate.web.https import HTTPSPolicy, ReloadableServerTLS, TLSServerEndpoint, https_port
 from oauthgate.web.identity import IdentityHeaders
 from oauthgate.web.pages import Pages
 from oauthgate.web.redirects import RedirectValidator
 from oauthgate.web.site import GateSite
 
-__all__ = ["Components", "OAuthGateService", "build_components", "build_service"]
+__all__ = [
+    "Components",
+    "OAuthGateService",
+    "build_components",
+    "build_service",
+    "gate_site",
+]
 
 log = Logger()
 
@@ -271,9 +286,23 @@ class _Part(Service):
 class OAuthGateService(MultiService):
     """Starts the listeners, the file watchers, and warms the provider (discovery)."""
 
-    def __init__(self, components: Components) -> None:
+    def __init__(
+        self,
+        components: Components,
+        *,
+        reactor: Any = None,
+        notifier: Notifier | None = None,
+        in_flight: RequestsInFlight | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
         MultiService.__init__(self)
         self.components = components
+        self._reactor: Any = reactor if reactor is not None else components.gate.clock
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.in_flight = in_flight if in_flight is not None else RequestsInFlight()
+        self.shutdown_timeout = shutdown_timeout
+        self._watchdog: LoopingCall | None = None
+        self._ready: Deferred[None] | None = None
         for part in components.parts:
             part.setServiceParent(self)
 
@@ -301,14 +330,103 @@ class OAuthGateService(MultiService):
             d = Deferred.fromCoroutine(warm()) if _is_coroutine_fn(warm) else warm()
             if isinstance(d, Deferred):
                 d.addErrback(_not_reachable_yet, provider_id)
+        self._ready = Deferred.fromCoroutine(self._announce_ready())
+        self._ready.addErrback(_stopped_before_ready)
+        if self.notifier.watchdog_interval is not None:
+            self._watchdog = LoopingCall(self.notifier.watchdog)
+            self._watchdog.clock = self._reactor
+            self._watchdog.start(self.notifier.watchdog_interval, now=True)
+
+    async def _announce_ready(self) -> None:
+        """``READY=1`` once every listener listens and the session store answers (Redis is
+        retried until it does, while the service runs)."""
+        for service in self._listeners():
+            await _listening(service)
+        delay = 0.5
+        while self.running:
+            try:
+                await self.components.store.check()
+                break
+            except CancelledError:
+                raise
+            except Exception as e:
+                log.warn(
+                    "Not ready: the session store is not reachable ({error}); retrying in {delay}s",
+                    error=str(e),
+                    delay=delay,
+                )
+                await deferLater(self._reactor, delay, lambda: None)
+                delay = min(delay * 2, 5.0)
+        if self.running:
+            log.info("oauthgate is ready")
+            self.notifier.ready("Serving")
+
+    def _listeners(self) -> list[IService]:
+        return [s for s in self if isinstance(s, StreamServerEndpointService)]
 
     def stopService(self) -> Any:
-        d = MultiService.stopService(self)
+        """Stop gracefully: stop listening, let the requests in flight finish (up to
+        ``shutdown_timeout`` seconds), then stop the background parts."""
+        Service.stopService(self)
+        self.notifier.stopping("Stopping")
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        if self._ready is not None and not self._ready.called:
+            self._ready.cancel()
+        d: Any = Deferred.fromCoroutine(self._stop_gracefully())
         for upstream in self.components.upstreams:
             close = getattr(upstream, "close", None)  # pooled upstreams drop idle connections
             if close is not None:
                 d.addBoth(lambda result, close=close: _after(close(), result))
         return d
+
+    async def _stop_gracefully(self) -> None:
+        listeners = self._listeners()
+        for service in reversed(listeners):
+            await _wait(maybe_deferred(service.stopService))
+        if self.in_flight.count:
+            log.info(
+                "Stopped listening; waiting up to {timeout}s for {count} requests in flight",
+                timeout=self.shutdown_timeout,
+                count=self.in_flight.count,
+            )
+        if not await self.in_flight.drained(self._reactor, self.shutdown_timeout):
+            log.warn(
+                "Shutdown timeout: {count} requests still in flight are cut off",
+                count=self.in_flight.count,
+            )
+        for service in reversed([s for s in self if s not in listeners]):
+            try:
+                await _wait(maybe_deferred(service.stopService))
+            except Exception:
+                log.failure("Stopping {name} failed", name=getattr(service, "name", service))
+        # A stop asked by SIGTERM (systemd's stop) that went as planned is a clean exit:
+        # exit status 0, where twistd would otherwise re-raise the signal.
+        if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
+            self._reactor._exitSignal = None
+
+
+def _stopped_before_ready(failure: Failure) -> None:
+    if not failure.check(CancelledError):
+        log.failure("Could not tell systemd oauthgate is ready", failure)
+
+
+def _listening(service: IService) -> Deferred[None]:
+    """Fires once ``service`` (a strports listener) listens, or failed to; never changes
+    the listener's own result."""
+    done: Deferred[None] = Deferred()
+    waiting = getattr(service, "_waitingForPort", None)
+    if not isinstance(waiting, Deferred):
+        done.callback(None)
+        return done
+
+    def observe(result: object) -> object:
+        if not done.called:
+            done.callback(None)
+        return result
+
+    waiting.addBoth(observe)
+    return done
 
 
 def _not_reachable_yet(failure: Failure, provider_id: str) -> None:
@@ -337,27 +455,45 @@ def _is_coroutine_fn(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
-def build_service(config: Config, *, reactor: Any, plugins: Plugins) -> MultiService:
+def build_service(
+    config: Config, *, reactor: Any, plugins: Plugins, notifier: Notifier | None = None
+) -> MultiService:
     """The whole oauthgate process as one service: the web server and, in demo mode, the
     built-in identity provider and echo upstream."""
+    if config.workers != 1:
+        # --workers N: this process only supervises N worker processes (oauthgate.workers).
+        from oauthgate.workers import supervisor_service
+
+        build_components(config, reactor=reactor, plugins=plugins)  # fail here, not N times
+        service = supervisor_service(config, reactor=reactor)
+        if config.demo:
+            _add_demo(service, config, reactor)
+        return service
     metrics_listeners = _metrics_listeners(config)
     metrics = Metrics() if metrics_listeners else None
     components = build_components(config, reactor=reactor, plugins=plugins, metrics=metrics)
-    service = OAuthGateService(components)
-    gate = components.gate
-    site = GateSite(
-        GateResource(gate),
-        reactor,
-        enabled=config.request_logging,
-        exclude_paths=_excluded_paths(config),
-        client_ip=gate.client_ip,
-        metrics=gate.metrics,
+    service = OAuthGateService(
+        components,
+        reactor=reactor,
+        notifier=notifier,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    # The request and auth lines: buffered, flushed by LogService (stopped after the
+    # listener, so the last lines are written).
+    access_log = access_log_from_config(config, reactor, components.gate.client_ip)
+    if access_log is not None:
+        components.gate.access_log = access_log
+        log_service: IService = LogService(access_log, reactor)
+        log_service.setServiceParent(service)
+    site = gate_site(
+        config, components, reactor, in_flight=service.in_flight, access_log=access_log
     )
     try:
         description = listen_description(config.http_address)
     except ValueError as e:
         raise ConfigError([f"http_address: {e}"]) from None
     strports.service(description, site, reactor=reactor).setServiceParent(service)
+    _add_https(service, config, components, site, reactor)
     if metrics is not None:
         metrics_site = _DemoSite(MetricsResource(metrics))
         for listener in metrics_listeners:
@@ -365,6 +501,54 @@ def build_service(config: Config, *, reactor: Any, plugins: Plugins) -> MultiSer
     if config.demo:
         _add_demo(service, config, reactor)
     return service
+
+
+def gate_site(
+    config: Config,
+    components: Components,
+    reactor: Any,
+    *,
+    in_flight: RequestsInFlight | None = None,
+    access_log: AccessLog | None = None,
+) -> GateSite:
+    """The web site serving ``components``' gate, with the configured access log."""
+    gate = components.gate
+    root: Any = GateResource(gate)
+    if config.force_https or config.hsts_max_age > 0:
+        root = HTTPSPolicy(
+            root,
+            AccessRules.from_config(config),
+            force_https=config.force_https,
+            https_port=https_port(config),
+            hsts_max_age=config.hsts_max_age,
+        )
+    return GateSite(
+        root,
+        reactor,
+        enabled=config.request_logging,
+        exclude_paths=_excluded_paths(config),
+        client_ip=gate.client_ip,
+        metrics=gate.metrics,
+        in_flight=in_flight,
+        access_log=access_log,
+    )
+
+
+def _add_https(
+    service: MultiService, config: Config, components: Components, site: GateSite, reactor: Any
+) -> None:
+    """The HTTPS listener (with ``https_address``) and the reloads SIGHUP triggers."""
+    gate = components.gate
+    reloads = reload_actions(gate, (*components.authorizers, gate.credentials.htpasswd))
+    if config.https_address:
+        try:
+            tls = ReloadableServerTLS.from_config(config)
+            endpoint = TLSServerEndpoint.from_address(reactor, config.https_address, tls)
+        except (OSError, ValueError) as e:
+            raise ConfigError([f"https_address: {e}"]) from None
+        StreamServerEndpointService(endpoint, site).setServiceParent(service)
+        reloads.insert(0, ("the TLS certificate", tls.reload))
+    service.addService(ReloadOnHangup(reactor, reloads))
 
 
 def _metrics_listeners(config: Config) -> list[str]:

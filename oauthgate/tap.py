@@ -16,6 +16,7 @@ from oauthgate.config.flags import Options
 from oauthgate.config.loader import load_config
 from oauthgate.errors import ConfigError, PluginError
 from oauthgate.plugins import Plugins
+from oauthgate.systemd import Notifier
 
 __all__ = ["Options", "makeService"]
 
@@ -47,7 +48,11 @@ def makeService(options: Options) -> IService:
         )
         for warning in warnings:
             print(f"oauthgate: warning: {warning}", file=sys.stderr)
-        return build_service(config, reactor=reactor, plugins=Plugins.from_entry_points())
+        # systemd's environment, read once here: $NOTIFY_SOCKET, $WATCHDOG_USEC (and _PID).
+        notifier = Notifier.from_environ(os.environ, pid=os.getpid())
+        return build_service(
+            config, reactor=reactor, plugins=Plugins.from_entry_points(), notifier=notifier
+        )
     except ConfigError as e:
         raise _fail(list(e.problems)) from None
     except PluginError as e:

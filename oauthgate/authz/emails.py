@@ -118,6 +118,11 @@ class EmailAuthorizer:
         if self._watcher is not None:
             self._watcher.stop()
 
+    def check_now(self) -> None:
+        """Re-read the emails file now (SIGHUP); a broken file keeps the list loaded before."""
+        if self._watcher is not None:
+            self._watcher.check_now()
+
     def check_email(self, email: str) -> Decision:
         """The decision for ``email``; the reason is meant to be shown to that user."""
         address = email.strip().lower()

@@ -281,6 +281,10 @@ class Htpasswd:
         """Stop watching the file."""
         self._watcher.stop()
 
+    def check_now(self) -> None:
+        """Re-read the file now (SIGHUP); a broken file keeps the users loaded before."""
+        self._watcher.check_now()
+
     async def check(self, user: str, password: str) -> bool:
         """True if ``password`` is ``user``'s. Never raises for any input."""
         secret = password.encode("utf-8", "surrogatepass")

@@ -82,6 +82,13 @@ class FileWatcher(Generic[T]):
         if call is not None and call.running:
             call.stop()
 
+    def check_now(self) -> None:
+        """Reload the file now, even if it looks unchanged (SIGHUP). A failure keeps the
+        last good value and is reported to ``on_error`` as a poll's would be."""
+        self._signature = None
+        self._failing = False
+        self._poll()
+
     def _poll(self) -> None:
         try:
             signature = _signature(self._path)

@@ -487,6 +487,72 @@ class Config:
     metrics_tls_cert_file: str = _opt("", "the certificate (PEM) of the TLS metrics listener")
     metrics_tls_key_file: str = _opt("", "the private key (PEM) of the TLS metrics listener")
 
+    # --- workers ----------------------------------------------------------------------
+    workers: int = _opt(
+        1,
+        "oauthgate extension: the number of worker processes serving http_address (a tcp "
+        "address), supervised and restarted by the main process; 1: serve in-process",
+    )
+
+    # --- https ------------------------------------------------------------------------
+    https_address: str = _opt(
+        "",
+        "[https://]host:port of the HTTPS listener, with --tls-cert-file and --tls-key-file; "
+        "empty: none (http_address keeps serving too)",
+    )
+    tls_cert_file: str = _opt(
+        "", "the certificate (PEM, intermediates after it) of the HTTPS listener; SIGHUP re-reads"
+    )
+    tls_key_file: str = _opt("", "the private key (PEM) of the HTTPS listener; SIGHUP re-reads")
+    tls_min_version: str = _opt("", "the lowest TLS version accepted: TLS1.2 (empty) or TLS1.3")
+    tls_cipher_suites: tuple[str, ...] = _opt(
+        (),
+        "OpenSSL cipher names for TLS 1.2, e.g. ECDHE-RSA-AES128-GCM-SHA256 (TLS 1.3 suites "
+        "are fixed); empty: Twisted's defaults",
+        flag="tls-cipher-suite",
+    )
+    force_https: bool = _opt(
+        False, "redirect (308) plain-HTTP requests to HTTPS, to the https_address port"
+    )
+    hsts_max_age: int = _opt(
+        0, "seconds of Strict-Transport-Security sent on HTTPS responses; 0: no header"
+    )
+
+    # --- shutdown ---------------------------------------------------------------------
+    shutdown_timeout: float = _opt(
+        30.0,
+        "oauthgate extension: on SIGTERM, stop listening and let requests in flight finish "
+        "for up to this long before exiting",
+        kind="duration",
+    )
+
+    # --- log files and formats (oauthgate/logs.py) ---------------------------------------
+    standard_logging: bool = _opt(True, "log oauthgate's own events (the standard log)")
+    standard_logging_format: str = _opt(
+        "[{{.Timestamp}}] [{{.File}}] {{.Message}}",
+        "accepted for compatibility; the standard log uses twisted.logger's format",
+    )
+    request_logging_format: str = _opt(
+        "{{.Client}} - {{.RequestID}} - {{.Username}} [{{.Timestamp}}] {{.Host}} "
+        "{{.RequestMethod}} {{.Upstream}} {{.RequestURI}} {{.Protocol}} {{.UserAgent}} "
+        "{{.StatusCode}} {{.ResponseSize}} {{.RequestDuration}}",
+        "the request log line template",
+    )
+    auth_logging_format: str = _opt(
+        "{{.Client}} - {{.RequestID}} - {{.Username}} [{{.Timestamp}}] [{{.Status}}] {{.Message}}",
+        "the auth log line template",
+    )
+    logging_filename: str = _opt(
+        "", "the file the request and auth logs are written to (empty: stdout)"
+    )
+    logging_max_size: int = _opt(100, "rotate the log file past this many megabytes")
+    logging_max_age: int = _opt(7, "remove rotated log files older than this many days (0: keep)")
+    logging_max_backups: int = _opt(0, "keep at most this many rotated log files (0: all)")
+    logging_local_time: bool = _opt(True, "log timestamps in local time (false: UTC)")
+    logging_format: str = _opt(
+        "text", "request and auth log lines as text (the templates) or json (one object per line)"
+    )
+
     # --- pages ------------------------------------------------------------------------
     custom_templates_dir: str = _opt("", "a folder with sign_in.html and error.html overrides")
     custom_sign_in_logo: str = _opt("", "a logo URL or file for the sign-in page ('-' hides it)")

@@ -462,6 +462,9 @@ def _check_server(config: Config, problems: list[str]) -> None:
         problem = _endpoint_problem(description)
         if problem is not None:
             problems.append(f"http_address: {config.http_address!r}: {problem}")
+    from oauthgate.web.https import tls_problems  # it imports listen_description from here
+
+    problems.extend(tls_problems(config))
     prefix = config.proxy_prefix
     if not prefix.startswith("/") or prefix.endswith("/"):
         problems.append(

@@ -115,20 +115,31 @@ class AccessRules:
             trusted_proxies=self.trusted_proxies,
         )
 
-    def skip_reason(self, request: Request, *, forwarded: bool = False) -> str | None:
+    def forwarded_target(self, request: Request, trailing: str | None = None) -> str | None:
+        """On ``/oauth2/auth``: the original request's target (path and query) as a trusted
+        front proxy reports it: ``X-Forwarded-Uri``, else ``trailing`` (what Envoy's
+        ``ext_authz`` appends to ``/oauth2/auth``). None from any other peer (a client
+        must not choose the path it is judged by) or when neither came."""
+        if not self.trusted_peer(request):
+            return None
+        return header(request, b"x-forwarded-uri") or trailing or None
+
+    def skip_reason(
+        self, request: Request, *, forwarded: bool = False, trailing: str | None = None
+    ) -> str | None:
         """Why this request needs no login (a route rule, a trusted IP), or None.
 
         The path matched is the request's own. Only for ``/oauth2/auth`` (``forwarded``),
         behind a trusted front proxy, it is the original request's
-        (``X-Forwarded-Uri``/``-Method``): on a proxied request that header would let a
-        client choose which rule its request is judged by."""
+        (``X-Forwarded-Uri``/``-Method``, or Envoy's ``trailing`` path, see
+        :meth:`forwarded_target`): on a proxied request that header would let a client
+        choose which rule its request is judged by."""
         method = request.method.decode("ascii", "replace")
         target: str | bytes = request.uri
-        if forwarded and self.trusted_peer(request):
-            forwarded_uri = header(request, b"x-forwarded-uri")
-            if forwarded_uri:
-                target = forwarded_uri
-                method = header(request, b"x-forwarded-method") or method
+        original = self.forwarded_target(request, trailing) if forwarded else None
+        if original is not None:
+            target = original
+            method = header(request, b"x-forwarded-method") or method
         rule = self.skip.matches(method, target)
         if rule is not None:
             return f"skip-auth route {rule.text!r}"
@@ -137,8 +148,10 @@ class AccessRules:
             return f"trusted IP {ip}"
         return None
 
-    def is_api(self, request: Request) -> bool:
-        return self.api.matches(request.uri.decode("latin-1"))
+    def is_api(self, request: Request, target: str | None = None) -> bool:
+        """Whether ``--api-route`` matches ``target`` (the original request's, on
+        ``/oauth2/auth``), else the request's own URI."""
+        return self.api.matches(target if target is not None else request.uri.decode("latin-1"))
 
 
 @attrs.frozen

@@ -44,6 +44,7 @@ from oauthgate.interfaces import (
     IUpstream,
     RequestInfo,
 )
+from oauthgate.logs import AccessLog
 from oauthgate.metrics import NO_METRICS, MetricsHook
 from oauthgate.providers.pkce import challenge, make_verifier
 from oauthgate.resource_metadata import (
@@ -142,6 +143,8 @@ class Gate:
     access: AccessRules | None = None
     credentials: Credentials = attrs.field(factory=Credentials)
     metrics: MetricsHook = NO_METRICS
+    access_log: AccessLog | None = None
+    """When set, auth lines are written here (oauth2-proxy's template) instead of logged."""
     _rules: AccessRules = attrs.field(init=False)
     _metadata_path: bytes | None = attrs.field(init=False)
     _by_id: dict[str, GateProvider] = attrs.field(init=False)
@@ -261,6 +264,10 @@ class Gate:
             endpoint = path[len(self._prefix) :]
             if endpoint == "/auth":
                 return await self._auth(request)
+            if endpoint.startswith("/auth/"):
+                # Envoy's ext_authz (HTTP mode) appends the original path to path_prefix.
+                own = len((self._prefix + "/auth").encode("utf-8"))
+                return await self._auth(request, request.uri[own:].decode("latin-1"))
             for name, value in _NO_CACHE:
                 request.setHeader(name, value)
             if endpoint == "/sign_in":
@@ -396,16 +403,20 @@ class Gate:
         self._set_user(request, (session.email or session.user) if session else "")
         request.oauthgate_via = how  # type: ignore[attr-defined]
 
-    async def _auth(self, request: Request) -> None:
+    async def _auth(self, request: Request, trailing: str | None = None) -> None:
+        """``/oauth2/auth``; ``/oauth2/auth<trailing>`` for Envoy, where ``trailing`` is the
+        original request's path and query (used like ``X-Forwarded-Uri``; its query is
+        the original request's, so it carries no ``allowed_groups``-style constraints)."""
         identity = await self.identify(request)
         session = identity.session
-        skip = self._rules.skip_reason(request, forwarded=True)
+        original = self._rules.forwarded_target(request, trailing)
+        skip = self._rules.skip_reason(request, forwarded=True, trailing=trailing)
         if session is None:
             if skip is not None:
                 self._note(request, None, skip)
                 self._auth_log(request, None, "AuthSuccess", f"allowed by {skip}")
                 return self._empty(request, 202)
-            target = self._forward_auth_target(request)
+            target = self._forward_auth_target(request, original, envoy=trailing is not None)
             if target is not None:
                 # Caddy forward_auth / Traefik forwardAuth hand this answer to the browser.
                 start = f"{self._prefix}/start?rd={quote(target, safe='')}"
@@ -418,7 +429,7 @@ class Gate:
         if reason is not None and skip is None:
             self._auth_log(request, session, "AuthFailure", reason)
             return self._text(request, 401, b"Unauthorized")
-        constraint = check_query_constraints(request.args, session)
+        constraint = check_query_constraints(request.args if trailing is None else {}, session)
         if not constraint.allowed:
             return self._text(request, 403, b"Forbidden")
         if reason is None:
@@ -426,23 +437,33 @@ class Gate:
             set_all(request.responseHeaders, self.identity.response(session, tokens=True))
         self._empty(request, 202)
 
-    def _forward_auth_target(self, request: Request) -> str | None:
+    def _forward_auth_target(
+        self, request: Request, original: str | None, *, envoy: bool = False
+    ) -> str | None:
         """The original URL to log in for, when ``/oauth2/auth`` should answer a browser
         without a session with a redirect instead of 401 (``--forward-auth-mode``).
 
-        Only for a trusted front proxy, a client accepting HTML, and a URL rebuilt from
-        ``X-Forwarded-Proto/-Host/-Uri`` that passes ``--whitelist-domain``: a forged host
-        gets 401, never a redirect to it. nginx's ``auth_request`` needs the 401 (it makes
-        a 500 of a 302): ``nginx`` mode, or ``auto`` when no ``X-Forwarded-Method`` came."""
+        ``original`` is the original request's target (``X-Forwarded-Uri`` or Envoy's
+        trailing path, from a trusted peer); ``envoy``: the request came as
+        ``/oauth2/auth/<path>``. Only for a trusted front proxy, a client accepting HTML,
+        a target that is no ``--api-route``, and a URL rebuilt from
+        ``X-Forwarded-Proto/-Host`` (Envoy: or ``Host``) that passes
+        ``--whitelist-domain``: a forged host gets 401, never a redirect to it. nginx's
+        ``auth_request`` needs the 401 (it makes a 500 of a 302): ``nginx`` mode, or
+        ``auto`` when neither ``X-Forwarded-Method`` nor a trailing path came."""
         mode = self.config.forward_auth_mode
         if mode == "nginx" or not self._rules.trusted_peer(request):
             return None
-        if mode == "auto" and _header(request, b"x-forwarded-method") is None:
+        if mode == "auto" and not envoy and _header(request, b"x-forwarded-method") is None:
             return None
         if self.config.force_json_errors or _wants_json(request):
             return None
+        uri = original or "/"
+        if self._rules.is_api(request, uri):
+            return None
         host = _header(request, b"x-forwarded-host")
-        uri = _header(request, b"x-forwarded-uri") or "/"
+        if not host and envoy:
+            host = _header(request, b"host")
         if not host or not uri.startswith("/"):
             return None
         target = f"{self._scheme(request)}://{host}{uri}"
@@ -898,6 +919,10 @@ class Gate:
         self, request: Request, session: Session | None, status: str, message: str
     ) -> None:
         if not self.config.auth_logging:
+            return
+        if self.access_log is not None:
+            user = (session.email or session.user) if session else "-"
+            self.access_log.auth(request, user, status, message)
             return
         self.log.info(
             "{client} - {user} [{status}] {reason}",

@@ -15,7 +15,9 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from oauthgate.logs import AccessLog
 from oauthgate.metrics import NO_METRICS, MetricsHook
+from oauthgate.shutdown import RequestsInFlight
 
 __all__ = ["MAX_HEADER_BYTES", "GateSite"]
 
@@ -43,19 +45,34 @@ class GateSite(Site):
         exclude_paths: Iterable[str] = (),
         client_ip: Callable[[Request], str | None] | None = None,
         metrics: MetricsHook = NO_METRICS,
+        in_flight: RequestsInFlight | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         Site.__init__(self, resource)
+        self._in_flight = in_flight
         self._clock = clock
         self._enabled = enabled
         self._exclude = frozenset(p.encode("utf-8") for p in exclude_paths)
         self._client_ip = client_ip
         self._metrics = metrics
+        # When given, request lines go to this writer (oauth2-proxy's template, buffered)
+        # instead of a twisted.logger event.
+        self._access_log = access_log
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         protocol = Site.buildProtocol(self, addr)
         channel = getattr(protocol, "_channel", protocol)
         channel.totalHeadersSize = MAX_HEADER_BYTES
         return protocol
+
+    def getResourceFor(self, request: Request) -> IResource:
+        """Dispatch ``request``, counted in flight (when counting) until it ends."""
+        in_flight = self._in_flight
+        if in_flight is not None:
+            in_flight.started()
+            request.notifyFinish().addBoth(lambda _: in_flight.ended())
+        resource: IResource = Site.getResourceFor(self, request)
+        return resource
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         """Called once per finished request: count it, then log it (unless excluded)."""
@@ -66,7 +83,10 @@ class GateSite(Site):
                 request.method, request.getHeader(b"host"), request.code, duration
             )
             if self._enabled and request.path not in self._exclude:
-                self._log(request, duration)
+                if self._access_log is not None:
+                    self._access_log.request(request, duration)
+                else:
+                    self._log(request, duration)
         except Exception:
             # The access log must never break a response.
             self.log_failures.failure("Could not log a request")

@@ -161,13 +161,13 @@ class EnvironmentTests(LoaderTestCase):
             self.problems(
                 environ={
                     "OAUTH2_PROXY_GCP_HEALTHCHECKS": "true",
-                    "OAUTHGATE_LOGGING_FILENAME": "/var/log/o.log",
+                    "OAUTHGATE_LOGGING_COMPRESS": "true",
                 }
             ),
             (
                 "OAUTH2_PROXY_GCP_HEALTHCHECKS: option 'gcp_healthchecks' (oauth2-proxy) is "
                 "not supported by this version of oauthgate",
-                "OAUTHGATE_LOGGING_FILENAME: option 'logging_filename' (oauth2-proxy) is not "
+                "OAUTHGATE_LOGGING_COMPRESS: option 'logging_compress' (oauth2-proxy) is not "
                 "supported by this version of oauthgate",
             ),
         )
@@ -175,7 +175,7 @@ class EnvironmentTests(LoaderTestCase):
     def test_other_unknown_oauth2_proxy_variables_only_warn(self) -> None:
         """Other tools (a Helm chart, say) may use the OAUTH2_PROXY_ prefix too."""
         env = {
-            "OAUTH2_PROXY_CHART_VERSION": "7.1.0",
+            "OAUTH2_PROXY_CHART_RELEASE": "7.1.0",
             "OAUTH2_PROXY_COOKIE_NAM": "x",
             "HOME": "/root",
         }
@@ -184,7 +184,7 @@ class EnvironmentTests(LoaderTestCase):
         self.assertEqual(
             warnings,
             [
-                "OAUTH2_PROXY_CHART_VERSION: no such option, ignored",
+                "OAUTH2_PROXY_CHART_RELEASE: no such option, ignored",
                 "OAUTH2_PROXY_COOKIE_NAM: no such option, ignored "
                 "(did you mean 'OAUTH2_PROXY_COOKIE_NAME'?)",
             ],
@@ -291,13 +291,11 @@ class FileTests(LoaderTestCase):
         )
 
     def test_oauth2_proxy_keys_not_supported_yet_say_so(self) -> None:
-        path = self.write(
-            'client_id = "app"\ntls_cert_file = "/etc/tls.pem"\ngcp_healthchecks = true\n'
-        )
+        path = self.write('client_id = "app"\nsignature_key = "sha1:x"\ngcp_healthchecks = true\n')
         self.assertEqual(
             self.problems(config_file=path),
             (
-                f"{path}:2: option 'tls_cert_file' (oauth2-proxy) is not supported by "
+                f"{path}:2: option 'signature_key' (oauth2-proxy) is not supported by "
                 "this version of oauthgate",
                 f"{path}:3: option 'gcp_healthchecks' (oauth2-proxy) is not supported by "
                 "this version of oauthgate",
@@ -309,8 +307,8 @@ class FileTests(LoaderTestCase):
         self.assertEqual(UNSUPPORTED_OAUTH2_PROXY_KEYS & keys, set())
         for key in (
             "gcp_healthchecks",
-            "https_address",
-            "tls_cert_file",
+            "signature_key",
+            "use_system_trust_store",
         ):
             self.assertIn(key, UNSUPPORTED_OAUTH2_PROXY_KEYS)
 

@@ -739,3 +739,62 @@ class WarningTests(ValidateTestCase):
         for warning in warnings:
             self.assertIn("is on:", warning)
             self.assertIn("do not use this in production", warning)
+
+
+class HTTPSRuleTests(ValidateTestCase):
+    def tls_files(self) -> str:
+        directory = make_directory(self, {"tls.pem": self_signed_pem(), "junk.pem": "junk"})
+        return os.path.join(directory, "tls.pem")
+
+    def test_a_certificate_and_key_serve_https_on_the_https_address(self) -> None:
+        pem = self.tls_files()
+        self.assertValid(
+            https_address="127.0.0.1:8443",
+            tls_cert_file=pem,
+            tls_key_file=pem,
+            tls_min_version="TLS1.3",
+            tls_cipher_suites=("ECDHE-ECDSA-AES128-GCM-SHA256",),
+        )
+
+    def test_a_missing_key_file_is_a_readable_problem(self) -> None:
+        self.assertProblem(
+            "tls_cert_file/tls_key_file: cannot read /nonexistent/key.pem: "
+            "No such file or directory",
+            https_address=":8443",
+            tls_cert_file=self.tls_files(),
+            tls_key_file="/nonexistent/key.pem",
+        )
+
+    def test_a_file_that_is_no_certificate_is_a_problem(self) -> None:
+        pem = self.tls_files()
+        junk = os.path.join(os.path.dirname(pem), "junk.pem")
+        self.assertProblem(
+            f"tls_cert_file/tls_key_file: {junk!r} holds no PEM certificate",
+            https_address=":8443",
+            tls_cert_file=junk,
+            tls_key_file=pem,
+        )
+
+    def test_an_unknown_min_version_is_a_problem(self) -> None:
+        self.assertProblem(
+            "tls_min_version: must be TLS1.2 or TLS1.3, got 'TLS1.1'", tls_min_version="TLS1.1"
+        )
+
+    def test_an_https_address_needs_the_certificate_and_key(self) -> None:
+        self.assertProblem(
+            "https_address: set tls_cert_file and tls_key_file too", https_address=":8443"
+        )
+
+    def test_a_certificate_without_an_https_address_is_a_problem(self) -> None:
+        pem = self.tls_files()
+        self.assertProblem(
+            "tls_cert_file/tls_key_file: set https_address too, e.g. :443 (oauthgate serves "
+            "HTTPS only on an https_address)",
+            tls_cert_file=pem,
+            tls_key_file=pem,
+        )
+
+    def test_oauth2_proxy_cipher_suite_names_are_accepted_and_unknown_ones_refused(self) -> None:
+        self.assertValid(tls_cipher_suites=("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",))
+        (problem,) = self.problems(tls_cipher_suites=("ECDHE-RSA-AES128-GCM-SHA256", "FAST"))
+        self.assertTrue(problem.startswith("tls_cipher_suites: unknown cipher 'FAST'; "), problem)

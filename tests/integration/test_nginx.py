@@ -29,8 +29,12 @@ from tests.integration.test_end_to_end import OAuthGateProcess, free_port
 pytestmark = pytest.mark.integration
 
 
-class NginxAuthRequestTests(TestCase):
+class NginxCase(TestCase):
+    """oauthgate and nginx running the documented file ``conf``."""
+
     timeout = 90
+    conf = "nginx.conf"
+    gate_extra: tuple[str, ...] = ()
 
     def setUp(self) -> Deferred[None]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._setUp())
@@ -50,6 +54,7 @@ class NginxAuthRequestTests(TestCase):
                 "--cookie-domain=.localtest",
                 "--whitelist-domain=.localtest",
                 "--trusted-proxy-ip=127.0.0.1",
+                *self.gate_extra,
             ),
             workdir,
         )
@@ -58,12 +63,13 @@ class NginxAuthRequestTests(TestCase):
         conf = workdir / "nginx.conf"
         conf.write_text(
             render(
-                DOCS / "nginx.conf",
+                DOCS / self.conf,
                 {
                     "LISTEN": f"127.0.0.1:{self.port}",
                     "OAUTHGATE": f"127.0.0.1:{self.gate.port}",
                     "APP": self.backends.app_address,
                     "HOSTS": "app1.localtest app2.localtest",
+                    "CACHE": str((workdir / "cache").resolve()),
                 },
             )
         )
@@ -92,6 +98,8 @@ class NginxAuthRequestTests(TestCase):
         self.assertTrue(urls[2].startswith(self.app1 + "/oauth2/callback"), urls)
         self.assertEqual(urls[-1], self.app1 + "/some/page?x=1&format=json")
 
+
+class NginxAuthRequestTests(NginxCase):
     def test_login_identity_shared_session_and_sign_out_through_nginx(self) -> Deferred[None]:
         async def go() -> None:
             await self.log_in(self.browser)
@@ -145,7 +153,85 @@ class NginxAuthRequestTests(TestCase):
         return Deferred.fromCoroutine(go())
 
 
+class NginxAuthCacheTests(NginxCase):
+    """docs/integrations/nginx-cache.conf: oauthgate's answers cached per session."""
+
+    conf = "nginx-cache.conf"
+
+    async def _setUp(self) -> None:
+        self.metrics_port = free_port()
+        self.gate_extra = (
+            "--email-domain=example.org",  # bob's
+            f"--metrics-address=127.0.0.1:{self.metrics_port}",
+        )
+        await super()._setUp()
+
+    async def auth_requests(self) -> int:
+        """How many 202 answers oauthgate has given: its /oauth2/auth checks that passed
+        (nothing else answers 202 here), from its Prometheus metrics."""
+        page = await self.browser.get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        self.assertEqual(page.status, 200, page.text)
+        prefix = 'oauthgate_requests_total{code="202"'
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in page.text.splitlines()
+            if line.startswith(prefix)
+        )
+
+    async def email_seen_by_app(self, browser: Browser) -> str:
+        answer = await browser.get(self.app1 + "/data?format=json")
+        self.assertEqual(answer.status, 200, self.logs())
+        self.assertEqual(answer.urls, (self.app1 + "/data?format=json",))
+        emails: list[str] = answer.json()["headers"]["X-Forwarded-Email"]
+        return emails[0]
+
+    def test_cached_answers_keep_users_logged_in_and_spare_oauthgate(self) -> Deferred[None]:
+        async def go() -> None:
+            await self.log_in(self.browser)
+            self.assertEqual(await self.email_seen_by_app(self.browser), "alice@example.com")
+            before = await self.auth_requests()
+            self.assertGreater(before, 0, self.logs())  # the login's own checks
+            for _ in range(5):
+                self.assertEqual(await self.email_seen_by_app(self.browser), "alice@example.com")
+            self.assertEqual(await self.auth_requests(), before, self.logs())
+
+        return Deferred.fromCoroutine(go())
+
+    def test_two_users_never_share_a_cached_answer(self) -> Deferred[None]:
+        async def go() -> None:
+            await self.log_in(self.browser)
+            self.assertEqual(await self.email_seen_by_app(self.browser), "alice@example.com")
+
+            self.backends.idp.auto_login = "bob"
+            bob = browser_via(self.port)
+            landed = await bob.get(self.app1 + "/some/page?format=json")
+            self.assertEqual(landed.status, 200, self.logs())
+            self.assertEqual(await self.email_seen_by_app(bob), "bob@example.org")
+            self.assertEqual(await self.email_seen_by_app(self.browser), "alice@example.com")
+
+            # Without a cookie nothing comes from the cache: the provider, not alice's answer.
+            stranger = browser_via(self.port)
+            first = await stranger.request("GET", self.app1 + "/data", follow_redirects=False)
+            self.assertEqual(first.status, 302, self.logs())
+            location = first.header("location") or ""
+            self.assertTrue(location.startswith(self.backends.idp_url + "/authorize"), location)
+            # A forged cookie is no key to someone else's answer either.
+            forged = await stranger.request(
+                "GET",
+                self.app1 + "/data",
+                headers={"Cookie": "_oauth2_proxy=forged"},
+                follow_redirects=False,
+            )
+            self.assertEqual(forged.status, 302, self.logs())
+
+        return Deferred.fromCoroutine(go())
+
+
 class NginxDocTests(TestCase):
     def test_the_documented_configuration_is_the_tested_file(self) -> None:
         conf = (DOCS / "nginx.conf").read_text("utf-8")
+        self.assertIn("```nginx\n" + conf + "```", (DOCS / "nginx.md").read_text("utf-8"))
+
+    def test_the_documented_cache_variant_is_the_tested_file(self) -> None:
+        conf = (DOCS / "nginx-cache.conf").read_text("utf-8")
         self.assertIn("```nginx\n" + conf + "```", (DOCS / "nginx.md").read_text("utf-8"))

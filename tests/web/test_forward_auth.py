@@ -1,7 +1,8 @@
 """``/oauth2/auth`` for Caddy ``forward_auth`` / Traefik ``forwardAuth``
 (``--forward-auth-mode``): a browser without a session is sent to the sign-in for the
 original URL, but only from a trusted proxy and only for a whitelisted host; nginx and API
-clients keep getting 401."""
+clients keep getting 401. Envoy's ``ext_authz`` asks ``/oauth2/auth/<original path>``,
+which answers the same, judged by the original path."""
 
 from __future__ import annotations
 
@@ -21,18 +22,30 @@ CADDY = {
     "X-Forwarded-Uri": "/page?x=1",
 }
 ORIGINAL = "https://app1.example.com/page?x=1"
+# What Envoy's ext_authz sends with allowed_headers x-forwarded-proto/-host (and Host).
+ENVOY = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app1.example.com"}
+BROWSER = {"Accept": "text/html,*/*;q=0.8"}
+
+
+def start_for(url: str) -> str:
+    return "/oauth2/start?rd=" + quote(url, safe="")
+
+
+def behind_proxy(**changes: Any) -> GateWorld:
+    """A gate behind a trusted front proxy (the in-memory client's address)."""
+    options: dict[str, Any] = {
+        "reverse_proxy": True,
+        "trusted_proxy_ips": (PEER,),
+        "whitelist_domains": (".example.com",),
+        "redirect_url": APP + "/oauth2/callback",
+    }
+    options.update(changes)
+    return make_world(**options)
 
 
 class ForwardAuthModeTests(AccessTestCase):
     def gate(self, **changes: Any) -> GateWorld:
-        options: dict[str, Any] = {
-            "reverse_proxy": True,
-            "trusted_proxy_ips": (PEER,),
-            "whitelist_domains": (".example.com",),
-            "redirect_url": APP + "/oauth2/callback",
-        }
-        options.update(changes)
-        return make_world(**options)
+        return behind_proxy(**changes)
 
     def auth(self, world: GateWorld, headers: dict[str, str]) -> Any:
         return self.request(world, "/oauth2/auth", headers=headers)
@@ -72,3 +85,80 @@ class ForwardAuthModeTests(AccessTestCase):
             "forward_auth_mode: must be auto, nginx or redirect, got 'traefik'",
             raised.exception.problems,
         )
+
+
+class EnvoyPathPrefixTests(AccessTestCase):
+    """Envoy appends the original path to ``path_prefix: /oauth2/auth``."""
+
+    def gate(self, **changes: Any) -> GateWorld:
+        return behind_proxy(**changes)
+
+    def test_a_logged_in_user_passes_with_the_identity_headers(self) -> None:
+        world = self.gate()
+        self.get_success(world.login())
+        answer = self.request(world, "/oauth2/auth/page?x=1", headers=ENVOY)
+        self.assertEqual(answer.status, 202, answer.text)
+        self.assertEqual(answer.header("x-auth-request-email"), "alice@example.com")
+        self.assertEqual(self.request(world, "/oauth2/authx/page").status, 404)
+
+    def test_a_browser_without_session_is_sent_to_sign_in_for_the_original_url(self) -> None:
+        for mode in ("auto", "redirect"):
+            world = self.gate(forward_auth_mode=mode)
+            answer = self.request(world, "/oauth2/auth/page?x=1", headers={**ENVOY, **BROWSER})
+            self.assertEqual(answer.status, 302, mode)
+            self.assertEqual(answer.header("location"), start_for(ORIGINAL))
+        world = self.gate(forward_auth_mode="nginx")
+        answer = self.request(world, "/oauth2/auth/page", headers={**ENVOY, **BROWSER})
+        self.assertEqual(answer.status, 401)
+
+    def test_without_x_forwarded_host_the_host_header_names_the_site(self) -> None:
+        world = self.gate(whitelist_domains=("app.test",))
+        headers = {"X-Forwarded-Proto": "https", **BROWSER}
+        answer = self.request(world, "/oauth2/auth/page", headers=headers)
+        self.assertEqual(answer.header("location"), start_for("https://app.test/page"))
+        # ...which must pass --whitelist-domain like X-Forwarded-Host does.
+        answer = self.request(self.gate(), "/oauth2/auth/page", headers=headers)
+        self.assertEqual(answer.status, 401)
+
+    def test_skip_auth_routes_match_the_original_path(self) -> None:
+        world = self.gate(skip_auth_routes=("GET=^/public/",))
+        self.assertEqual(self.request(world, "/oauth2/auth/public/logo.png").status, 202)
+        self.assertEqual(self.request(world, "/oauth2/auth/private").status, 401)
+        post = self.request(world, "/oauth2/auth/public/logo.png", method="POST")
+        self.assertEqual(post.status, 401)
+
+    def test_an_untrusted_peer_cannot_choose_the_path_it_is_judged_by(self) -> None:
+        world = self.gate(skip_auth_routes=("^/public/",), trusted_proxy_ips=("192.0.2.1",))
+        answer = self.request(world, "/oauth2/auth/public/x", headers={**ENVOY, **BROWSER})
+        self.assertEqual(answer.status, 401)
+        self.assertIsNone(answer.header("location"))
+
+    def test_the_original_query_imposes_no_group_restriction(self) -> None:
+        world = self.gate()
+        self.get_success(world.login())
+        answer = self.request(world, "/oauth2/auth/page?allowed_groups=nope", headers=ENVOY)
+        self.assertEqual(answer.status, 202)
+
+
+class ForwardedApiRouteTests(AccessTestCase):
+    """``--api-route`` is matched on the original request's path, not ``/oauth2/auth``."""
+
+    def gate(self, **changes: Any) -> GateWorld:
+        return behind_proxy(api_routes=("^/api/",), **changes)
+
+    def test_a_browser_on_an_api_route_gets_401_not_a_redirect(self) -> None:
+        world = self.gate()
+        caddy = {**CADDY, **BROWSER, "X-Forwarded-Uri": "/api/items"}
+        self.assertEqual(self.auth(world, caddy).status, 401)
+        envoy = self.request(world, "/oauth2/auth/api/items", headers={**ENVOY, **BROWSER})
+        self.assertEqual(envoy.status, 401)
+        self.assertIsNone(envoy.header("location"))
+
+    def test_other_paths_still_redirect(self) -> None:
+        world = self.gate()
+        self.assertEqual(self.auth(world, {**CADDY, **BROWSER}).status, 302)
+        envoy = self.request(world, "/oauth2/auth/page", headers={**ENVOY, **BROWSER})
+        self.assertEqual(envoy.header("location"), start_for("https://app1.example.com/page"))
+
+    def auth(self, world: GateWorld, headers: dict[str, str]) -> Any:
+        return self.request(world, "/oauth2/auth", headers=headers)
