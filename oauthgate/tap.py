@@ -13,7 +13,7 @@ from twisted.application.service import IService
 
 from oauthgate.config.alpha import to_alpha_yaml
 from oauthgate.config.flags import Options
-from oauthgate.config.loader import load_config
+from oauthgate.config.loader import display_config, load_config
 from oauthgate.errors import ConfigError, PluginError
 from oauthgate.plugins import Plugins
 from oauthgate.systemd import Notifier
@@ -48,6 +48,10 @@ def makeService(options: Options) -> IService:
         )
         for warning in warnings:
             print(f"oauthgate: warning: {warning}", file=sys.stderr)
+        if options["display-config"]:
+            sys.stdout.write(display_config(config))
+            sys.stdout.flush()
+            raise SystemExit(0)
         # systemd's environment, read once here: $NOTIFY_SOCKET, $WATCHDOG_USEC (and _PID).
         notifier = Notifier.from_environ(os.environ, pid=os.getpid())
         return build_service(

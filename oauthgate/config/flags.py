@@ -129,6 +129,7 @@ class Options(usage.Options):
         self["config"] = None
         self["alpha-config"] = None
         self["convert-config-to-alpha"] = False
+        self["display-config"] = False
 
     @property
     def given(self) -> dict[str, object]:
@@ -148,6 +149,10 @@ class Options(usage.Options):
         """print the alpha YAML for the legacy options given (flags, environment, --config)
         and exit"""
         self["convert-config-to-alpha"] = True
+
+    def opt_display_config(self) -> None:
+        """print the effective configuration (every option, secrets masked) as TOML and exit"""
+        self["display-config"] = True
 
     def postOptions(self) -> None:
         """Refuse options that cannot go together."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from oauthgate.config.alpha import AlphaConfig, load_alpha, moved_options
-from oauthgate.config.durations import DURATION_HINT, parse_duration
+from oauthgate.config.durations import DURATION_HINT, format_duration, parse_duration
 from oauthgate.config.flags import parse_bool, parse_text, split_list
 from oauthgate.config.options import Config, OptionSpec, option_specs
 from oauthgate.config.validate import validate
@@ -481,3 +481,27 @@ def _read_secret_file(
         failed.add(secret_key)
         return
     values[secret_key] = secret.rstrip("\r\n")
+
+
+def display_config(config: Config) -> str:
+    """The effective configuration as a TOML file oauthgate reads back: every option, in
+    table order, with the value of every secret replaced by ``***`` (so it may be pasted
+    into a bug report)."""
+    import json
+
+    lines = []
+    for spec in option_specs():
+        value = getattr(config, spec.key)
+        if spec.secret and value:
+            lines.append(f'{spec.key} = "***"')
+        elif isinstance(value, bool):
+            lines.append(f"{spec.key} = {'true' if value else 'false'}")
+        elif spec.kind == "duration":
+            lines.append(f'{spec.key} = "{format_duration(value)}"')
+        elif isinstance(value, tuple):
+            lines.append(f"{spec.key} = {json.dumps(list(value))}")
+        elif isinstance(value, int | float):
+            lines.append(f"{spec.key} = {value}")
+        else:
+            lines.append(f"{spec.key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

@@ -480,3 +480,46 @@ class LegacyKeyTests(SynchronousTestCase):
         )
         self.assertEqual(env, {"google_groups": ("a@x.com", "b@x.com")})
         self.assertEqual(problems, [])
+
+
+class DisplayConfigTests(SynchronousTestCase):
+    """``--display-config`` prints what oauthgate will run with, for debugging."""
+
+    def test_it_masks_secrets_and_reads_back_as_the_same_configuration(self) -> None:
+        import attrs
+
+        from oauthgate.config.loader import display_config, load_config
+        from oauthgate.config.options import Config
+
+        config = attrs.evolve(
+            Config(),
+            provider="oidc",
+            oidc_issuer_url="https://idp.example.com",
+            client_id="app",
+            client_secret="very-secret-value",
+            cookie_secret="0123456789abcdef0123456789abcdef",
+            email_domains=("example.com",),
+            upstreams=("http://127.0.0.1:8080/",),
+            cookie_refresh=3600.0,
+        )
+        text = display_config(config)
+        self.assertNotIn("very-secret-value", text)
+        self.assertNotIn("0123456789abcdef", text)
+        self.assertIn('client_secret = "***"', text)
+        self.assertIn('cookie_refresh = "1h0m0s"', text)
+        # Everything but the masked secrets reads back as it was.
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text.replace('"***"', '"0123456789abcdef"'))
+        loaded, _ = load_config({}, {}, path, check=False)
+        for name in (
+            "provider",
+            "oidc_issuer_url",
+            "email_domains",
+            "upstreams",
+            "cookie_refresh",
+            "cookie_expire",
+            "cookie_secure",
+            "approval_prompt",
+        ):
+            self.assertEqual(getattr(loaded, name), getattr(config, name), name)
