@@ -10,7 +10,7 @@ to the file (or stdout) at least every :data:`FLUSH_INTERVAL` seconds and at sto
 
 Never logged: tokens, cookie values, secrets. The request URI keeps its query string
 (as oauth2-proxy does) but the values of :data:`REDACTED_PARAMETERS` are replaced.
-twisted.logger keeps the standard log (:func:`standard_log_filter` silences it).
+twisted.logger keeps the standard log (:func:`quiet_standard_log` leaves only its errors).
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogFilterPredicate, LogEvent, PredicateResult
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    PredicateResult,
+)
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -47,6 +55,7 @@ __all__ = [
     "Template",
     "access_log_from_config",
     "compile_template",
+    "quiet_standard_log",
     "redact_uri",
 ]
 
@@ -409,6 +418,13 @@ class StandardLogFilter:
         else:
             result = PredicateResult.maybe
         return result
+
+
+def quiet_standard_log(observer: ILogObserver) -> ILogObserver:
+    """The standard log observer for ``--standard-logging=false``: ``observer`` (twistd's
+    own) seeing only errors and critical events, whoever logs them (oauthgate, Twisted,
+    twistd). The request and auth lines are not twisted.logger events: they still go out."""
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(LogLevel.error)])
 
 
 def access_log_from_config(

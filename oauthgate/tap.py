@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
+from twisted.logger import ILogObserver
+from twisted.python.components import Componentized
 
 from oauthgate.config.alpha import to_alpha_yaml
 from oauthgate.config.flags import Options
@@ -35,6 +38,31 @@ def _convert(options: Options) -> SystemExit:
     return SystemExit(0)
 
 
+class _QuietStandardLog(MultiService):
+    """The service for ``--standard-logging=false`` under twistd.
+
+    twistd builds its log observer after makeService, from the application's ILogObserver
+    component when there is one. Given the application as parent, this sets that component
+    to the observer twistd would build itself (``--logfile``, ``--syslog`` or stdout),
+    filtered by :func:`oauthgate.logs.quiet_standard_log`.
+    """
+
+    def __init__(self, service: IService, twistd_options: Any) -> None:
+        MultiService.__init__(self)
+        self._twistd_options = twistd_options
+        service.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            from twisted.scripts._twistd_unix import UnixAppLogger
+
+            from oauthgate.logs import quiet_standard_log
+
+            observer = UnixAppLogger(self._twistd_options)._getLogObserver()
+            parent.setComponent(ILogObserver, quiet_standard_log(observer))
+        MultiService.setServiceParent(self, parent)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor  # the one import of the global reactor
 
@@ -54,9 +82,13 @@ def makeService(options: Options) -> IService:
             raise SystemExit(0)
         # systemd's environment, read once here: $NOTIFY_SOCKET, $WATCHDOG_USEC (and _PID).
         notifier = Notifier.from_environ(os.environ, pid=os.getpid())
-        return build_service(
+        service = build_service(
             config, reactor=reactor, plugins=Plugins.from_entry_points(), notifier=notifier
         )
+        twistd_options = getattr(options, "parent", None)  # twistd's own ServerOptions
+        if not config.standard_logging and twistd_options is not None:
+            return _QuietStandardLog(service, twistd_options)
+        return service
     except ConfigError as e:
         raise _fail(list(e.problems)) from None
     except PluginError as e:

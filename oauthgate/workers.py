@@ -28,6 +28,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Callable
 from typing import IO, Any, cast
 
@@ -235,6 +236,17 @@ class WorkerSupervisor(Service):
         )
         for index in range(self.count):
             self._spawn(index)
+        # SIGHUP must not end the supervisor (and with it every worker): pass it on, so
+        # each worker reloads its certificates, files and templates.
+        if threading.current_thread() is threading.main_thread():
+            self._previous_hup = signal.signal(
+                signal.SIGHUP, lambda *_: self._reactor.callFromThread(self._forward_hangup)
+            )
+
+    def _forward_hangup(self) -> None:
+        log.info("oauthgate: SIGHUP: asking the workers to reload")
+        for protocol in list(self._running.values()):
+            _signal(protocol, "HUP")
 
     def _spawn(self, index: int) -> None:
         self._pending.pop(index, None)
@@ -287,6 +299,9 @@ class WorkerSupervisor(Service):
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         self._stopping = True
+        previous = getattr(self, "_previous_hup", None)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, previous)
         for call in self._pending.values():
             if call.active():
                 call.cancel()
@@ -328,6 +343,11 @@ def supervisor_service(config: Config, *, reactor: Any) -> MultiService:
     problems = []
     if config.workers < 1:
         problems.append(f"workers: must be 1 or more, not {config.workers}")
+    if config.https_address:
+        problems.append(
+            "https_address: not supported with workers > 1 yet; terminate TLS in front, "
+            "or use --workers=1"
+        )
     if config.metrics_address or config.metrics_secure_address:
         problems.append(
             "metrics_address: not supported with workers > 1 yet (each worker would count "
@@ -419,6 +439,7 @@ def worker_main() -> None:
 
     from oauthgate.errors import PluginError
     from oauthgate.plugins import Plugins
+    from oauthgate.reload import ReloadOnHangup, reload_actions
     from oauthgate.service import OAuthGateService, build_components, gate_site
 
     globalLogBeginner.beginLoggingTo([_log_observer(index, sys.stdout)], redirectStandardIO=False)
@@ -436,6 +457,11 @@ def worker_main() -> None:
     if message["haproxy"]:
         endpoint = proxyEndpoint(endpoint)
     ports: list[IListeningPort] = []
+    # SIGHUP (forwarded by the supervisor) re-reads certificates, files and templates here.
+    watched = (*components.authorizers, components.gate.credentials.htpasswd)
+    MultiService.addService(
+        service, ReloadOnHangup(reactor, reload_actions(components.gate, watched))
+    )
     site = gate_site(config, components, reactor, in_flight=service.in_flight)
     endpoint.listen(site).addCallback(ports.append)
 

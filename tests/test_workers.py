@@ -45,6 +45,14 @@ class ParseListenerTests(SynchronousTestCase):
             supervisor_service(config, reactor=None)
         self.assertIn("http_address:", raised.exception.problems[0])
 
+    def test_https_or_metrics_with_workers_are_start_up_errors_not_silently_dropped(self) -> None:
+        config = Config(https_address=":8443", metrics_address=":9090", workers=2)
+        with self.assertRaises(ConfigError) as raised:
+            supervisor_service(config, reactor=None)
+        problems = "\n".join(raised.exception.problems)
+        self.assertIn("https_address: not supported with workers > 1", problems)
+        self.assertIn("metrics_address: not supported with workers > 1", problems)
+
 
 class RestartDelayTests(SynchronousTestCase):
     def test_delay_doubles_with_quick_failures_up_to_30_seconds(self) -> None:

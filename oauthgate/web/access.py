@@ -122,7 +122,11 @@ class AccessRules:
         must not choose the path it is judged by) or when neither came."""
         if not self.trusted_peer(request):
             return None
-        return header(request, b"x-forwarded-uri") or trailing or None
+        if trailing is not None:
+            # Envoy put the original path in our own path; an X-Forwarded-Uri next to it
+            # may come from the client (Envoy passes allowed client headers through).
+            return trailing
+        return header(request, b"x-forwarded-uri") or None
 
     def skip_reason(
         self, request: Request, *, forwarded: bool = False, trailing: str | None = None
@@ -139,7 +143,9 @@ class AccessRules:
         original = self.forwarded_target(request, trailing) if forwarded else None
         if original is not None:
             target = original
-            method = header(request, b"x-forwarded-method") or method
+            if trailing is None:
+                # Envoy's check request already carries the original method.
+                method = header(request, b"x-forwarded-method") or method
         rule = self.skip.matches(method, target)
         if rule is not None:
             return f"skip-auth route {rule.text!r}"

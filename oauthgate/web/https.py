@@ -9,6 +9,7 @@ certificate loaded last, open connections keep theirs. ALPN offers what the site
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
 from cryptography import x509
@@ -275,6 +276,11 @@ def _memory_reactor() -> Any:
     return MemoryReactor()
 
 
+# A host name, IPv4 or [IPv6] literal with an optional port: nothing a redirect could be
+# bent with (no "/", "@", "\\", spaces, "?" or "#").
+_HOST = re.compile(rb"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 class HTTPSPolicy(Resource):
     """In front of the gate: redirects plain-HTTP requests to HTTPS (``force_https``) and
     adds Strict-Transport-Security to HTTPS responses (``hsts_max_age``).
@@ -319,7 +325,7 @@ class HTTPSPolicy(Resource):
 
     def _redirect(self, request: Request) -> bytes:
         host = (request.getHeader(b"host") or b"").strip()
-        if not host or b"/" in host or b"@" in host:
+        if not host or _HOST.fullmatch(host) is None:
             request.setResponseCode(400)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"Bad Request: no Host header to redirect to HTTPS\n"
@@ -331,5 +337,7 @@ class HTTPSPolicy(Resource):
         uri = request.uri if request.uri.startswith(b"/") else b"/"
         request.setResponseCode(308)
         request.setHeader(b"location", b"https://" + name + port + uri)
+        # Built from the Host header: a shared cache must never hand it to someone else.
+        request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"Permanent Redirect to HTTPS\n"

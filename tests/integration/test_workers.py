@@ -102,3 +102,20 @@ class WorkersTests(SynchronousTestCase):
         self.assertNotIn("Traceback", self.gate.log())
         for pid in pids:
             self.assertFalse(alive(pid), f"worker {pid} survived:\n{self.gate.log()}")
+
+    def test_sighup_reloads_the_workers_instead_of_stopping_anything(self) -> None:
+        """A logrotate or certificate-renewal hook sends SIGHUP: the supervisor passes it
+        on, and every process keeps serving (no worker is restarted)."""
+        wait_for("both workers serving", lambda: self.gate.log().count(") serving") == 2, self.gate)
+        pids = dict(self.worker_pids())
+        self.gate.process.send_signal(signal.SIGHUP)
+        wait_for(
+            "both workers reloading",
+            lambda: self.gate.log().count("SIGHUP: reloading") >= 2 or None,
+            self.gate,
+        )
+        self.assertIsNone(self.gate.process.poll(), self.gate.log())
+        for n in range(10):
+            self.assertEqual(get(self.gate.port, f"/ping?hup={n}")[0], 200, self.gate.log())
+        self.assertEqual(self.worker_pids(), pids)
+        self.assertTrue(all(alive(pid) for pid in pids.values()))

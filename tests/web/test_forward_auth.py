@@ -133,6 +133,15 @@ class EnvoyPathPrefixTests(AccessTestCase):
         self.assertEqual(answer.status, 401)
         self.assertIsNone(answer.header("location"))
 
+    def test_client_forwarded_headers_cannot_pick_another_path_or_method(self) -> None:
+        """Envoy passes allowed client headers through: an X-Forwarded-Uri or
+        X-Forwarded-Method from the client must not make /admin look like /public/."""
+        world = self.gate(skip_auth_routes=("GET=^/public/",), skip_auth_preflight=True)
+        forged = {"X-Forwarded-Uri": "/public/x"}
+        self.assertEqual(self.request(world, "/oauth2/auth/admin", headers=forged).status, 401)
+        preflight = {"X-Forwarded-Method": "OPTIONS"}
+        self.assertEqual(self.request(world, "/oauth2/auth/admin", headers=preflight).status, 401)
+
     def test_the_original_query_imposes_no_group_restriction(self) -> None:
         world = self.gate()
         self.get_success(world.login())
