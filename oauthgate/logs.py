@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, Literal
+from urllib.parse import unquote_plus
 
 import attrs
 from twisted.application.service import Service
@@ -83,7 +84,18 @@ REQUEST_FIELDS = (
     "RequestDuration",
 )
 AUTH_FIELDS = ("Client", "RequestID", "Username", "Timestamp", "Status", "Message")
-REDACTED_PARAMETERS = frozenset({"code", "state", "access_token", "id_token", "token"})
+REDACTED_PARAMETERS = frozenset(
+    {
+        "code",
+        "state",
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "token",
+        "client_secret",
+        "password",
+    }
+)
 FLUSH_INTERVAL = 0.5
 _BUFFER_LIMIT = 64 * 1024  # written at once past this many bytes, without waiting
 _PLACEHOLDER = re.compile(r"\{\{\s*\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -134,14 +146,16 @@ def redact_uri(uri: str) -> str:
     path, sep, query = uri.partition("?")
     if not sep:
         return uri
-    pairs = query.split("&")
+    # Split on "&" and ";" and compare keys as a server decodes them (%63ode is code),
+    # so no spelling of a redacted name slips through.
+    parts = re.split(r"([&;])", query)
     changed = False
-    for i, pair in enumerate(pairs):
-        key, eq, _ = pair.partition("=")
-        if eq and key.lower() in REDACTED_PARAMETERS:
-            pairs[i] = f"{key}={_REDACTED}"
+    for i in range(0, len(parts), 2):
+        key, eq, _ = parts[i].partition("=")
+        if eq and unquote_plus(key).strip().lower() in REDACTED_PARAMETERS:
+            parts[i] = f"{key}={_REDACTED}"
             changed = True
-    return f"{path}?{'&'.join(pairs)}" if changed else uri
+    return f"{path}?{''.join(parts)}" if changed else uri
 
 
 def _quote(text: str) -> str:

@@ -344,3 +344,21 @@ class WiringTests(SynchronousTestCase):
         log.auth(finished_request(), "u", "AuthSuccess", "ok")
         log.close()
         self.assertEqual(json.loads(Path(path).read_text())["Client"], "1.2.3.4")
+
+
+class RedactionSpellingTests(SynchronousTestCase):
+    """Every spelling a server decodes as a secret-bearing parameter is redacted."""
+
+    def test_encoded_and_semicolon_spellings_are_redacted(self) -> None:
+        from oauthgate.logs import redact_uri
+
+        for uri, secret in (
+            ("/cb?%63ode=abc123", "abc123"),
+            ("/cb?a=1;code=abc123", "abc123"),
+            ("/cb?+code=abc123", "abc123"),
+            ("/cb?id%5Ftoken=abc123", "abc123"),
+            ("/cb?refresh_token=abc123&keep=1", "abc123"),
+            ("/cb?client_secret=abc123", "abc123"),
+        ):
+            self.assertNotIn(secret, redact_uri(uri), uri)
+        self.assertEqual(redact_uri("/cb?codex=1&page=2"), "/cb?codex=1&page=2")

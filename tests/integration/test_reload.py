@@ -10,6 +10,7 @@ import base64
 import os
 import signal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -33,19 +34,23 @@ AFTER = "bob@example.org\n#\n"  # the same size as BEFORE
 class SighupReloadTests(TestCase):
     timeout = 60
 
-    def setUp(self) -> Deferred[None]:
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._setUp())
 
     async def _setUp(self) -> None:
         workdir = Path(self.mktemp()).absolute()
         workdir.mkdir(parents=True)
         idp_site = Site(Resource())
-        idp_listener = reactor.listenTCP(0, idp_site, interface="127.0.0.1")
+        idp_listener: Any = reactor.listenTCP(0, idp_site, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(idp_listener.stopListening)
         idp_url = f"http://127.0.0.1:{idp_listener.getHost().port}"
         self.idp = FakeIdP(idp_url, reactor, clients={CLIENT_ID: CLIENT_SECRET}, auto_login="bob")
         idp_site.resource = self.idp.resource()
-        echo_listener = reactor.listenTCP(0, Site(EchoResource()), interface="127.0.0.1")
+        echo_listener: Any = reactor.listenTCP(
+            0,
+            Site(EchoResource()),  # type: ignore[arg-type]
+            interface="127.0.0.1",
+        )
         self.addCleanup(echo_listener.stopListening)
         self.emails = workdir / "emails.txt"
         self.emails.write_text(BEFORE)
