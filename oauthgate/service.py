@@ -265,6 +265,33 @@ def _provider_rules(entry: ProviderConfig, reactor: Any, several: bool) -> list[
     return [ProviderAuthorizer(entry.id, rule) for rule in rules]
 
 
+class _SupervisorNotify(Service):
+    """sd_notify for the ``--workers`` supervisor: READY=1 once it listens, WATCHDOG while
+    its reactor runs, STOPPING=1 when it stops."""
+
+    def __init__(self, notifier: Notifier, reactor: Any, workers: int) -> None:
+        self._notifier = notifier
+        self._reactor = reactor
+        self._workers = workers
+        self._watchdog: LoopingCall | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._notifier.ready(status=f"Supervising {self._workers} workers")
+        interval = self._notifier.watchdog_interval
+        if interval:
+            self._watchdog = LoopingCall(self._notifier.watchdog)
+            self._watchdog.clock = self._reactor
+            self._watchdog.start(interval, now=True)
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        self._notifier.stopping()
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        return None
+
+
 class _Part(Service):
     """A background part as a child service, so the MultiService starts and stops it."""
 
@@ -468,6 +495,10 @@ def build_service(
         service = supervisor_service(config, reactor=reactor)
         if config.demo:
             _add_demo(service, config, reactor)
+        if notifier is not None and notifier.enabled:
+            # Started last: the sockets are bound and listening (connections queue while
+            # the workers come up), so systemd may call the service ready.
+            service.addService(_SupervisorNotify(notifier, reactor, config.workers))
         return service
     metrics_listeners = _metrics_listeners(config)
     metrics = Metrics() if metrics_listeners else None

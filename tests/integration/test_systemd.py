@@ -224,6 +224,31 @@ class SystemdTests(TestCase):
 
         return Deferred.fromCoroutine(go())
 
+    def test_the_workers_supervisor_tells_systemd_it_is_ready_and_stopping(
+        self,
+    ) -> Deferred[None]:
+        """With --workers, the main process is the one systemd watches (NotifyAccess=main)."""
+
+        async def go() -> None:
+            notify = self.notify_socket(str(self.sockdir / "notify-workers"))
+            gate = self.start({"NOTIFY_SOCKET": notify.name}, "--workers=2")
+            await notify.wait_for("READY=1", gate)
+            for _ in range(50):
+                try:
+                    response = await self.http.get(gate.base + "/ping")
+                    await response.content()
+                    if response.code == 200:
+                        break
+                except Exception:
+                    pass
+                await sleep(0.1)
+            self.assertEqual(response.code, 200, gate.log())
+            gate.process.send_signal(signal.SIGTERM)
+            await gate.wait_for_exit()
+            self.assertIn("STOPPING=1", notify.lines())
+
+        return Deferred.fromCoroutine(go())
+
     def test_watchdog_pings_every_half_watchdog_usec_on_an_abstract_socket(
         self,
     ) -> Deferred[None]:
