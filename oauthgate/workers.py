@@ -348,6 +348,12 @@ def supervisor_service(config: Config, *, reactor: Any) -> MultiService:
             "https_address: not supported with workers > 1 yet; terminate TLS in front, "
             "or use --workers=1"
         )
+    if config.logging_filename:
+        problems.append(
+            "logging_filename: not supported with workers > 1 yet (N processes would rotate "
+            "one file); the workers log to the main process's output, use --workers=1 for a "
+            "log file"
+        )
     if config.metrics_address or config.metrics_secure_address:
         problems.append(
             "metrics_address: not supported with workers > 1 yet (each worker would count "

@@ -46,12 +46,15 @@ class ParseListenerTests(SynchronousTestCase):
         self.assertIn("http_address:", raised.exception.problems[0])
 
     def test_https_or_metrics_with_workers_are_start_up_errors_not_silently_dropped(self) -> None:
-        config = Config(https_address=":8443", metrics_address=":9090", workers=2)
+        config = Config(
+            https_address=":8443", metrics_address=":9090", logging_filename="/x.log", workers=2
+        )
         with self.assertRaises(ConfigError) as raised:
             supervisor_service(config, reactor=None)
         problems = "\n".join(raised.exception.problems)
         self.assertIn("https_address: not supported with workers > 1", problems)
         self.assertIn("metrics_address: not supported with workers > 1", problems)
+        self.assertIn("logging_filename: not supported with workers > 1", problems)
 
 
 class RestartDelayTests(SynchronousTestCase):
