@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import zlib
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
 
 from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime
@@ -17,48 +14,9 @@ from zope.interface import implementer
 from oauthgate.interfaces import ISessionStore
 from oauthgate.session import Session
 from oauthgate.sessions.crypto import Sealer
+from oauthgate.sessions.encoding import decode_session, encode_session
 
 __all__ = ["CookieSessionStore"]
-
-# Plaintext layout: one marker byte, then the JSON of Session.to_dict(), raw or deflated.
-#
-# Compression pays off despite tokens being base64: measured on a typical OIDC session
-# (RS256 access and id tokens from the same IdP plus a refresh token, 2212 bytes of JSON)
-# zlib gives 1259 bytes (-43%: the two JWTs repeat header and claims, and base64 text
-# carries only 6 bits per byte); a session with one JWT and opaque tokens still shrinks by
-# about 24%. That keeps sessions under the 4 KB split point and every request smaller.
-# It costs ~15 µs per save (logins and refreshes only) and ~5 µs per load. Length leaks
-# through compression (CRIME) need attacker-chosen text next to a secret in many
-# observed values; a session holds one user's IdP-issued claims and tokens only.
-_RAW = b"{"  # the JSON itself starts with "{"
-_DEFLATED = b"z"
-_COMPRESS_ABOVE = 256  # bytes of JSON; smaller sessions do not get smaller
-_MAX_INFLATED = 1024 * 1024
-
-
-def _encode(session: Session) -> bytes:
-    data = json.dumps(session.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
-    if len(data) > _COMPRESS_ABOVE:
-        deflated = zlib.compress(data, 6)
-        if len(deflated) + 1 < len(data):
-            return _DEFLATED + deflated
-    return data
-
-
-def _decode(plain: bytes) -> Session:
-    """Raises ValueError for anything that is not an encoded session."""
-    if plain[:1] == _DEFLATED:
-        inflater = zlib.decompressobj()
-        try:
-            plain = inflater.decompress(plain[1:], _MAX_INFLATED)
-        except zlib.error as e:
-            raise ValueError(f"bad deflate data: {e}") from None
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise ValueError("deflate data too large or truncated")
-    elif plain[:1] != _RAW:
-        raise ValueError("unknown session encoding")
-    data: Any = json.loads(plain)
-    return Session.from_dict(data)
 
 
 def _fingerprint(value: str) -> str:
@@ -128,7 +86,7 @@ class CookieSessionStore:
         """The sealed cookie value of ``session`` (``previous`` is not needed)."""
         if self._minimal:
             session = session.without_tokens()
-        return self._sealer.seal(_encode(session), self._purpose, self._clock.seconds())
+        return self._sealer.seal(encode_session(session), self._purpose, self._clock.seconds())
 
     async def load(self, value: str) -> Session | None:
         """The session sealed in ``value``; None if it does not open, expired or is malformed."""
@@ -141,7 +99,7 @@ class CookieSessionStore:
             )
             return None
         try:
-            return _decode(plain)
+            return decode_session(plain)
         except (ValueError, TypeError, RecursionError) as e:
             self.log.warn(
                 "Session cookie {fingerprint} opened but is malformed: {reason}",

@@ -18,9 +18,7 @@ session once; a lock left by a crashed instance expires after :data:`LOCK_TTL` s
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import zlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -38,6 +36,7 @@ from oauthgate.errors import StoreUnavailable
 from oauthgate.interfaces import ISessionStore
 from oauthgate.session import Session
 from oauthgate.sessions.crypto import Sealer
+from oauthgate.sessions.encoding import decode_session, encode_session
 from oauthgate.sessions.redis_client import RedisClient, client_from_config
 
 if TYPE_CHECKING:
@@ -73,37 +72,6 @@ RENEW_SCRIPT = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 )
-
-# The session's plaintext: JSON of Session.to_dict(), deflated ("z" prefix) when larger
-# than 256 bytes and smaller that way; the same layout as the cookie store's.
-_DEFLATED = b"z"
-_COMPRESS_ABOVE = 256
-_MAX_INFLATED = 1024 * 1024
-
-
-def _encode(session: Session) -> bytes:
-    data = json.dumps(session.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
-    if len(data) > _COMPRESS_ABOVE:
-        deflated = zlib.compress(data, 6)
-        if len(deflated) + 1 < len(data):
-            return _DEFLATED + deflated
-    return data
-
-
-def _decode(plain: bytes) -> Session:
-    """Raises ValueError for anything that is not an encoded session."""
-    if plain[:1] == _DEFLATED:
-        inflater = zlib.decompressobj()
-        try:
-            plain = inflater.decompress(plain[1:], _MAX_INFLATED)
-        except zlib.error as e:
-            raise ValueError(f"bad deflate data: {e}") from None
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise ValueError("deflate data too large or truncated")
-    elif plain[:1] != b"{":
-        raise ValueError("unknown session encoding")
-    data: Any = json.loads(plain)
-    return Session.from_dict(data)
 
 
 @attrs.frozen
@@ -242,7 +210,7 @@ class RedisSessionStore:
             ticket = Ticket.new(self._random)
         key = ticket.key(self._cookie_name)
         now = self._clock.seconds()
-        value = Sealer(ticket.secret, random=self._random).seal(_encode(session), key, now)
+        value = Sealer(ticket.secret, random=self._random).seal(encode_session(session), key, now)
         args: list[str | int] = ["SET", key, value, "PX", int(self.ttl * 1000)]
         if reuse:
             args.append("XX")
@@ -278,7 +246,7 @@ class RedisSessionStore:
             )
             return None
         try:
-            return _decode(plain)
+            return decode_session(plain)
         except (ValueError, TypeError, RecursionError) as e:
             self.log.warn(
                 "Session {fingerprint} in Redis is malformed: {reason}",
