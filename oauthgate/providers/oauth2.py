@@ -22,7 +22,12 @@ from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError, ProviderError, RefreshError
 from oauthgate.interfaces import IProvider, IProviderFactory
 from oauthgate.providers.jwks import HTTPClientLike, fetch
-from oauthgate.providers.oidc import _add_query, _number, _parse_token_response, _printable
+from oauthgate.providers.oidc import (
+    _add_query,
+    _number,
+    _TokenEndpointError,
+    post_to_token_endpoint,
+)
 from oauthgate.session import Session
 
 __all__ = ["OAuth2Provider", "OAuth2ProviderFactory"]
@@ -206,7 +211,7 @@ class OAuth2Provider:
             tokens = await self.token_request(
                 [("grant_type", "refresh_token"), ("refresh_token", session.refresh_token)]
             )
-        except _Refused as e:
+        except _TokenEndpointError as e:
             raise RefreshError(
                 str(e), fatal=e.error in ("invalid_grant", "invalid_client")
             ) from None
@@ -311,33 +316,9 @@ class OAuth2Provider:
             data.append(("client_id", config.client_id))
             if config.client_secret:
                 data.append(("client_secret", config.client_secret))
-        url = self.redeem_url
-        result = await fetch(
-            self._http_client,
-            self._clock,
-            "POST",
-            url,
-            what="the token endpoint",
-            data=data,
-            headers=headers,
+        return await post_to_token_endpoint(
+            self._http_client, self._clock, self.redeem_url, data, headers, self.log
         )
-        payload = _parse_token_response(result)
-        if not 200 <= result.code < 300 or (payload is not None and "error" in payload):
-            payload = payload or {}
-            error = _printable(payload.get("error")) or "no error code"
-            self.log.error(
-                "{provider}: the token endpoint {url} answered HTTP {status}: {error}",
-                provider=self.id,
-                url=url,
-                status=result.code,
-                error=error,
-            )
-            raise _Refused(
-                f"the token endpoint ({url}) answered HTTP {result.code}: {error}", error=error
-            )
-        if payload is None:
-            raise ProviderError(f"the token endpoint ({url}) answered neither JSON nor a form")
-        return payload
 
     def _session_from_tokens(self, tokens: Mapping[str, Any], session: Session) -> Session:
         now = self._clock.seconds()
@@ -355,12 +336,6 @@ class OAuth2Provider:
             created_at=now,
             expires_on=now + expires_in if expires_in else None,
         )
-
-
-class _Refused(ProviderError):
-    def __init__(self, message: str, *, error: str) -> None:
-        super().__init__(message)
-        self.error = error
 
 
 @implementer(IProviderFactory)

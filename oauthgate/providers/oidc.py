@@ -138,6 +138,42 @@ def _parse_token_response(result: HTTPResult) -> dict[str, Any] | None:
     return form or None
 
 
+async def post_to_token_endpoint(
+    http_client: HTTPClientLike,
+    clock: IReactorTime,
+    url: str,
+    data: list[tuple[str, str]],
+    headers: dict[bytes, list[bytes]],
+    log: Logger,
+) -> dict[str, Any]:
+    """POST ``data`` to a token endpoint and return its answer (JSON or form-encoded).
+
+    Raises _TokenEndpointError (with the provider's ``error`` code) for an error answer,
+    ProviderError for anything unreadable. Shared by the OIDC and plain OAuth 2.0 bases;
+    messages name the endpoint and error code, never the form's secrets."""
+    result = await fetch(
+        http_client, clock, "POST", url, what="the token endpoint", data=data, headers=headers
+    )
+    payload = _parse_token_response(result)
+    if not 200 <= result.code < 300 or (payload is not None and "error" in payload):
+        payload = payload or {}
+        error = _printable(payload.get("error")) or "no error code"
+        description = _printable(payload.get("error_description"))
+        log.error(
+            "The token endpoint {url} answered HTTP {status}: {error}",
+            url=url,
+            status=result.code,
+            error=error,
+        )
+        message = f"the token endpoint ({url}) answered HTTP {result.code}: {error}"
+        if description:
+            message += f": {description}"
+        raise _TokenEndpointError(message, status=result.code, error=error)
+    if payload is None:
+        raise ProviderError(f"the token endpoint ({url}) answered neither JSON nor a form")
+    return payload
+
+
 @implementer(IProvider)
 @attrs.define
 class OIDCProvider:
@@ -603,33 +639,9 @@ class OIDCProvider:
         elif config.client_secret:
             pair = f"{quote_plus(config.client_id)}:{quote_plus(config.client_secret)}"
             headers[b"Authorization"] = [b"Basic " + base64.b64encode(pair.encode("utf-8"))]
-        result = await fetch(
-            self._http_client,
-            self._clock,
-            "POST",
-            url,
-            what="the token endpoint",
-            data=data,
-            headers=headers,
+        return await post_to_token_endpoint(
+            self._http_client, self._clock, url, data, headers, self.log
         )
-        payload = _parse_token_response(result)
-        if not 200 <= result.code < 300 or (payload is not None and "error" in payload):
-            payload = payload or {}
-            error = _printable(payload.get("error")) or "no error code"
-            description = _printable(payload.get("error_description"))
-            self.log.error(
-                "The token endpoint {url} answered HTTP {status}: {error}",
-                url=url,
-                status=result.code,
-                error=error,
-            )
-            message = f"the token endpoint ({url}) answered HTTP {result.code}: {error}"
-            if description:
-                message += f": {description}"
-            raise _TokenEndpointError(message, status=result.code, error=error)
-        if payload is None:
-            raise ProviderError(f"the token endpoint ({url}) answered neither JSON nor a form")
-        return payload
 
     async def _verify_id_token(
         self, discovered: _Discovered, id_token: str, nonce: str | None
