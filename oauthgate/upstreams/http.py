@@ -10,7 +10,9 @@ is slow to read. Request bodies are streamed to the upstream from the file Twist
 received them into (bodies of 100 kB or more are kept in a temporary file, not in
 memory), also with backpressure.
 
-Connections are reused through one ``HTTPConnectionPool`` per upstream (at most
+Requests go out through an ``IAgent``: in production one
+:class:`~oauthgate.upstreams.client.UpstreamClient` per upstream, a lean keep-alive
+HTTP/1.1 client that reuses connections (at most
 ``MAX_PERSISTENT_PER_HOST`` idle ones, closed after ``IDLE_CONNECTION_TIMEOUT``), or
 closed after each request with ``disable_keep_alives``. ``Upgrade: websocket`` requests
 are tunnelled (:mod:`oauthgate.upstreams.websocket`) over connections of their own.
@@ -36,7 +38,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     URI,
-    Agent,
     FileBodyProducer,
     HTTPConnectionPool,
     ResponseDone,
@@ -48,8 +49,8 @@ from zope.interface import implementer
 
 from oauthgate.errors import ConfigError, UpstreamError
 from oauthgate.interfaces import IUpstream
-from oauthgate.pool import persistent_pool
 from oauthgate.tls import client_tls_policy
+from oauthgate.upstreams.client import UpstreamClient
 from oauthgate.upstreams.headers import (
     add_forwarded_headers,
     replace_headers,
@@ -109,28 +110,12 @@ class HTTPUpstream:
         regex: bool = False,
         pass_host_header: bool = True,
         timeout: float = 30.0,
-        pool: HTTPConnectionPool | None = None,
+        pool: UpstreamClient | HTTPConnectionPool | None = None,
         endpoints: IAgentEndpointFactory | None = None,
         proxy_websockets: bool = True,
         flush_interval: float = 1.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme == "unix":
-            if not parts.path.startswith("/"):
-                raise ConfigError([f"upstreams: {url!r} must be unix:///path/to/socket"])
-            netloc = "localhost"
-            origin = "http://localhost"
-            route = "/"
-        else:
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(
-                    [f"upstreams: {url!r} must be an http(s)://host[:port][/path] URL"]
-                )
-            netloc = parts.netloc.rpartition("@")[2]
-            if not netloc.isascii():
-                raise ConfigError([f"upstreams: {url!r}: write the host name in ASCII (punycode)"])
-            origin = f"{parts.scheme}://{netloc}"
-            route = parts.path or "/"
+        netloc, origin, route = _origin(url)
         self.url = url
         self.path = route if path is None else path
         self.id = self.path if id is None else id
@@ -170,25 +155,29 @@ class HTTPUpstream:
             )
         except (OSError, ValueError) as e:
             raise ConfigError([f"upstream_ca_files: cannot load: {e}"]) from None
-        pool = persistent_pool(
-            reactor, max_per_host=max_per_host, idle_timeout=IDLE_CONNECTION_TIMEOUT
-        )
-        if spec.disable_keep_alives:
-            pool.persistent = False  # "Connection: close" and a new connection each time
         parts = urlsplit(spec.uri)
         socket = unquote(parts.path) if parts.scheme == "unix" else None
         endpoints = UpstreamEndpoints(reactor, policy, timeout=spec.timeout, unix_socket=socket)
-        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        netloc, origin, _ = _origin(spec.uri)
+        client = UpstreamClient(
+            endpoints.endpointForURI(URI.fromBytes(origin.encode("ascii") + b"/")),
+            reactor,
+            origin=origin.encode("ascii"),
+            host=netloc.encode("ascii"),
+            persistent=not spec.disable_keep_alives,
+            max_idle=max_per_host,
+            idle_timeout=IDLE_CONNECTION_TIMEOUT,
+        )
         return cls(
             spec.uri,
-            agent,
+            client,
             reactor,
             id=spec.id,
             path=spec.path,
             regex=is_regex(spec),
             pass_host_header=spec.pass_host_header,
             timeout=spec.timeout,
-            pool=pool,
+            pool=client,
             endpoints=endpoints,
             proxy_websockets=spec.proxy_websockets,
             flush_interval=spec.flush_interval,
@@ -436,6 +425,22 @@ class _BodyRelay(Protocol):
         self._client_gone = True
         if self._producer is not None:
             self._producer.stopProducing()
+
+
+def _origin(url: str) -> tuple[str, str, str]:
+    """``url``'s host[:port] (no userinfo), its origin and its path ("/" if none; "/" for
+    a UNIX socket, whose host is "localhost"). Raises ConfigError for other URLs."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise ConfigError([f"upstreams: {url!r} must be unix:///path/to/socket"])
+        return "localhost", "http://localhost", "/"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError([f"upstreams: {url!r} must be an http(s)://host[:port][/path] URL"])
+    netloc = parts.netloc.rpartition("@")[2]
+    if not netloc.isascii():
+        raise ConfigError([f"upstreams: {url!r}: write the host name in ASCII (punycode)"])
+    return netloc, f"{parts.scheme}://{netloc}", parts.path or "/"
 
 
 def _origin_form(uri: bytes) -> bytes:

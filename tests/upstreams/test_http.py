@@ -39,6 +39,7 @@ from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError, UpstreamError
 from oauthgate.interfaces import IUpstream
 from oauthgate.tls import client_tls_policy
+from oauthgate.upstreams.client import UpstreamClient
 from oauthgate.upstreams.http import HTTPUpstream, UpstreamEndpoints
 from oauthgate.upstreams.spec import UpstreamSpec
 
@@ -714,14 +715,16 @@ class UpstreamTests(SynchronousTestCase):
 
 
 class FromConfigTests(SynchronousTestCase):
-    def test_agent_reuses_connections_through_a_persistent_pool(self) -> None:
+    def test_requests_go_through_a_keep_alive_client_to_the_upstream_host(self) -> None:
         config = Config(upstream_timeout=5.0, pass_host_header=False)
         reactor = MemoryReactorClock()
         upstream = HTTPUpstream.from_config("http://backend:8080", config, reactor)
-        assert upstream.pool is not None
+        assert isinstance(upstream.pool, UpstreamClient)
         self.assertTrue(upstream.pool.persistent)
-        self.assertEqual(upstream.pool.maxPersistentPerHost, 10)
-        self.assertIs(upstream._agent._pool, upstream.pool)  # type: ignore[attr-defined]
+        self.assertEqual(upstream.pool.max_idle, 10)
+        self.assertIs(upstream._agent, upstream.pool)
+        upstream._agent.request(b"GET", b"http://backend:8080/x")
+        self.assertEqual(reactor.tcpClients[0][1], 8080)  # resolved by the memory reactor
         self.assertEqual(upstream._timeout, 5.0)
         self.assertFalse(upstream._pass_host_header)
         self.successResultOf(Deferred.fromCoroutine(_await(upstream.close())))
