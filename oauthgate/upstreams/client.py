@@ -257,7 +257,13 @@ class _Response:
     previousResponse = None
 
     def __init__(
-        self, connection: _Connection, version: int, code: int, phrase: bytes, headers: Headers
+        self,
+        connection: _Connection,
+        exchange: _Exchange,
+        version: int,
+        code: int,
+        phrase: bytes,
+        headers: Headers,
     ) -> None:
         self.version = (b"HTTP", 1, version)
         self.code = code
@@ -265,13 +271,15 @@ class _Response:
         self.headers = headers
         self.length: int | object = UNKNOWN_LENGTH
         self._connection = connection
+        self._exchange = exchange
         self._protocol: Protocol | None = None
         self._early: list[bytes] = []
         self._ended: Failure | None = None
 
     def deliverBody(self, protocol: Protocol) -> None:
         self._protocol = protocol
-        protocol.makeConnection(_BodyProducer(self._connection))
+        producer = _BodyProducer(self._connection, self._exchange, self._ended is not None)
+        protocol.makeConnection(producer)
         early, self._early = self._early, []
         for data in early:
             protocol.dataReceived(data)
@@ -297,11 +305,13 @@ class _Response:
 @implementer(IPushProducer)
 class _BodyProducer:
     """Pauses and resumes the connection while its response body is being delivered;
-    stopping drops the connection. Does nothing once that body is over."""
+    stopping drops the connection. Does nothing once that body is over. ``finished``:
+    the whole body had arrived before it was asked for (nothing to pause)."""
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: _Connection, exchange: _Exchange, finished: bool) -> None:
         self._connection = connection
-        self._exchange = connection.exchange
+        self._exchange = exchange
+        self.finished = finished
 
     def pauseProducing(self) -> None:
         if self._connection.exchange is self._exchange:
@@ -496,15 +506,22 @@ class _Connection(Protocol):
             assert exchange is not None
             self._response = response
             exchange.connection = None
+            framing = self._framing
+            if framing == _NONE or (framing == _LENGTH and len(rest) >= self._left):
+                # The whole response is here (the usual small answer): it is complete and
+                # the connection back in the pool before the caller even sees it.
+                if len(rest) > self._left:
+                    self._reusable = False  # more than was announced: do not trust the rest
+                if self._left:
+                    response.data(rest[: self._left])
+                    self._left = 0
+                self._body_end()
+                exchange.deferred.callback(response)
+                return
             exchange.deferred.callback(response)
             if self.exchange is not exchange:
                 return  # the caller dropped the connection meanwhile
-            if self._framing == _NONE:
-                self._left = 0
-                if rest:
-                    self._reusable = False
-                self._body_end()
-            elif rest:
+            if rest:
                 self._body(rest)
 
     def _parse(self, head: bytes) -> _Response | None:
@@ -548,7 +565,9 @@ class _Connection(Protocol):
             headers.addRawHeader(name, value)
         exchange = self.exchange
         assert exchange is not None
-        response = _Response(self, int(status.group(1)), code, status.group(3) or b"", headers)
+        response = _Response(
+            self, exchange, int(status.group(1)), code, status.group(3) or b"", headers
+        )
         if exchange.method == b"HEAD" or code in (204, 304):
             if length is not None:
                 headers.setRawHeaders(b"Content-Length", [b"%d" % length])

@@ -397,6 +397,8 @@ class _BodyRelay(Protocol):
         if self._client_gone:
             self._producer.stopProducing()
             return
+        if getattr(self._producer, "finished", False):
+            return  # the whole body is already here: nothing to pause
         self._request.registerProducer(self._producer, True)
         self._producing = True
 

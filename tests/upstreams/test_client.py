@@ -413,6 +413,22 @@ class ConnectionTests(ClientTestCase):
         self.assertEqual(transport.producerState, "producing")
         self.assertFalse(transport.disconnecting)
 
+    def test_a_response_that_came_whole_never_touches_the_reused_connection(self) -> None:
+        first = self.get()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        response = self.successResultOf(first)
+        second = self.get()  # the connection is back in the pool already
+        self.assertEqual(len(self.endpoint.connections), 1)
+        body = self.body(response)
+        self.assertEqual(body.data, b"ok")
+        self.assertTrue(body.transport.finished)
+        body.transport.pauseProducing()
+        body.transport.stopProducing()
+        transport = self.endpoint.server()[1]
+        self.assertEqual(transport.producerState, "producing")
+        self.assertFalse(transport.disconnecting)
+        self.finish(second)
+
     def test_stopping_the_body_drops_the_connection(self) -> None:
         d = self.get()
         self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
