@@ -66,6 +66,18 @@ _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 
+def _head_end(buffer: bytes) -> tuple[int, int]:
+    """Where the head in ``buffer`` ends and the length of its blank line: lines end in
+    CRLF, or (as many clients accept, and Twisted's did) a bare LF. -1 if not there yet."""
+    crlf = buffer.find(b"\r\n\r\n")
+    lf = buffer.find(b"\n\n", 0, None if crlf < 0 else crlf)
+    if lf >= 0:
+        if buffer[lf - 1 : lf] == b"\r":  # "\r\n\n": CRLF then a bare LF
+            return lf - 1, 3
+        return lf, 2
+    return crlf, 4
+
+
 class BadResponse(Exception):
     """The upstream's response breaks HTTP/1.1 framing (never reused, never passed on)."""
 
@@ -484,7 +496,7 @@ class _Connection(Protocol):
 
     def _head(self) -> None:
         while self._response is None:
-            end = self._buffer.find(b"\r\n\r\n")
+            end, size = _head_end(self._buffer)
             if end < 0:
                 if len(self._buffer) > MAX_HEAD_BYTES:
                     self._fail(Failure(BadResponse("response head too large")))
@@ -492,7 +504,7 @@ class _Connection(Protocol):
             if end > MAX_HEAD_BYTES:
                 self._fail(Failure(BadResponse("response head too large")))
                 return
-            head, rest = self._buffer[:end], self._buffer[end + 4 :]
+            head, rest = self._buffer[:end], self._buffer[end + size :]
             self._buffer = b""
             try:
                 response = self._parse(head)
@@ -525,7 +537,9 @@ class _Connection(Protocol):
                 self._body(rest)
 
     def _parse(self, head: bytes) -> _Response | None:
-        lines = head.split(b"\r\n")
+        lines = head.replace(b"\r\n", b"\n").split(b"\n")
+        if b"\r" in head and any(b"\r" in line for line in lines):
+            raise BadResponse("bare CR in the response head")
         status = _STATUS.fullmatch(lines[0])
         if status is None:
             raise BadResponse(f"bad status line {lines[0][:80]!r}")
@@ -623,14 +637,16 @@ class _Connection(Protocol):
                 if self._left == 0:
                     self._chunk_state = _DATA_END
                 continue
-            end = buffer.find(b"\r\n")
+            end = buffer.find(b"\n")
             if end < 0:
                 if len(buffer) > _MAX_CHUNK_LINE:
                     self._fail(Failure(BadResponse("chunk line too long")))
                 else:
                     self._buffer = buffer
                 return
-            line, buffer = buffer[:end], buffer[end + 2 :]
+            line, buffer = buffer[:end], buffer[end + 1 :]
+            if line.endswith(b"\r"):
+                line = line[:-1]
             if state == _SIZE:
                 size = line.partition(b";")[0].strip(b" \t")
                 try:

@@ -250,6 +250,17 @@ class ResponseTests(ClientTestCase):
         response = self.successResultOf(d)
         self.assertEqual(response.headers.getRawHeaders(b"content-length"), [b"1234"])
 
+    def test_lines_may_end_in_a_bare_lf(self) -> None:
+        d = self.get()
+        self.answer(b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\nX-A: 1\n\n2\nok\n0\n\n")
+        response = self.successResultOf(d)
+        self.assertEqual(response.headers.getRawHeaders(b"x-a"), [b"1"])
+        self.assertEqual(self.body(response).data, b"ok")
+        d = self.get()
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\n!")
+        self.assertEqual(self.body(self.successResultOf(d)).data, b"!")
+        self.assertEqual(len(self.endpoint.connections), 1)
+
     def test_interim_responses_are_skipped(self) -> None:
         d = self.get()
         self.answer(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n")
@@ -282,6 +293,7 @@ class BrokenResponseTests(ClientTestCase):
             b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: a=b\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
