@@ -1,13 +1,17 @@
 """The benchmark: every server on loopback in its own process, load from ``wrk``.
 
 ``python -m bench`` starts an identity provider (discovery and an RS256 JWKS), a static
-upstream, a bare twisted.web "ceiling" server, ``redis-server`` and three
+upstream, a bare twisted.web "ceiling" server, ``redis-server`` and four
 ``twistd -n oauthgate`` processes (cookie sessions with the request log on, the same with
-it off, Redis sessions), drives each scenario with ``wrk --latency`` and prints one table:
-requests/s, p50/p99 latency, CPU seconds per 1000 requests and peak RSS of the process
-under test, and each scenario's ratio to the ceiling (and to the direct upstream for the
-proxied scenarios). Every run is bounded by ``--duration``; everything is stopped at the
-end. ``--smoke`` is the short run the test suite makes (no speed is asserted).
+it off, Redis sessions, and cookie sessions with ``--workers=2``), drives each scenario
+with ``wrk --latency`` and prints one table: requests/s, p50/p99 latency, CPU seconds per
+1000 requests and peak RSS of the process under test (with its children: a ``--workers``
+supervisor and its workers), and each scenario's ratio to the ceiling (and to the direct
+upstream for the proxied scenarios, to one worker for two workers). Then a soak
+(``--soak``) loads the cookie-store oauthgate with a mix of many distinct sessions and
+bearer tokens and samples its RSS every second, to show memory stays flat. Every run is
+bounded by ``--duration``/``--soak``; everything is stopped at the end. ``--smoke`` is the
+short run the test suite makes (no speed is asserted).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from oauthgate.sessions.cookie_store import CookieSessionStore
 from oauthgate.sessions.crypto import Sealer, decode_secret
 from oauthgate.sessions.redis_store import RedisSessionStore
 
-__all__ = ["Result", "main"]
+__all__ = ["Result", "Soak", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
@@ -54,6 +58,13 @@ EMAIL = "alice@example.com"
 KID = "bench-1"
 START_TIMEOUT = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+WORKERS = 2
+"""Scenario 5: this many ``--workers`` against one process."""
+SOAK_IDENTITIES = 500
+"""Distinct cookie sessions, and distinct bearer tokens, the soak cycles through (by
+default: ``--soak-identities``)."""
+SOAK_BASELINE = 10.0
+"""Seconds into the soak (warm-up included) at which its reference RSS is taken."""
 # Headers Twisted writes itself: the ceiling must not send them twice.
 _OWN_HEADERS = {"date", "server", "content-length", "connection", "transfer-encoding"}
 
@@ -84,17 +95,32 @@ class Process:
         text = self.output.read_text("utf-8", "replace")
         return "\n".join(text.splitlines()[-lines:])
 
+    def tree(self) -> list[int]:
+        """This process and its descendants (a ``--workers`` supervisor and its workers)."""
+        pids = [self.pid]
+        for pid in pids:  # grows as children are found
+            pids += _children(pid)
+        return pids
+
     def cpu_seconds(self) -> float:
-        """utime + stime so far."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """utime + stime so far, summed over the process tree."""
+        total = 0
+        for pid in self.tree():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """VmHWM, summed over the process tree (each process's own peak)."""
+        return sum(_status_kib(pid, "VmHWM") for pid in self.tree()) / 1024
+
+    def rss_mib(self) -> float:
+        """VmRSS now, summed over the process tree."""
+        return sum(_status_kib(pid, "VmRSS") for pid in self.tree()) / 1024
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -111,6 +137,38 @@ class Process:
                 self.process.kill()
                 self.process.wait()
         self._out.close()
+
+
+def _children(pid: int) -> list[int]:
+    """``pid``'s child processes: /proc/PID/task/*/children, else a scan of /proc for PPid."""
+    found: list[int] = []
+    tasks = Path(f"/proc/{pid}/task")
+    try:
+        for task in tasks.iterdir():
+            found += (int(c) for c in (task / "children").read_text().split())
+        return found
+    except FileNotFoundError:
+        if not tasks.exists():
+            return []  # ended meanwhile
+    except OSError:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():  # no CONFIG_PROC_CHILDREN
+        if entry.name.isdigit() and _status_kib(int(entry.name), "PPid") == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _status_kib(pid: int, key: str) -> int:
+    """A number from /proc/PID/status (kiB for the Vm* keys); 0 once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 def request(
@@ -148,6 +206,21 @@ def wait_for_status(
     )
 
 
+def wait_for_log(process: Process, pattern: str, count: int) -> None:
+    """Poll until ``count`` distinct matches of ``pattern`` are in the process's output."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        process.check_alive()
+        text = process.output.read_text("utf-8", "replace")
+        if len(set(re.findall(pattern, text))) >= count:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{process.name}: {count} lines matching {pattern!r} not within {START_TIMEOUT}s:\n"
+        f"{process.log_tail()}"
+    )
+
+
 # --- credentials -----------------------------------------------------------------
 
 
@@ -157,16 +230,16 @@ def _wall_clock() -> Clock:
     return clock
 
 
-def _session() -> Session:
-    return Session(user=USER, email=EMAIL, created_at=time.time())
+def _session(user: str = USER, email: str = EMAIL) -> Session:
+    return Session(user=user, email=email, created_at=time.time())
 
 
-def cookie_session(secret: str) -> str:
+def cookie_session(secret: str, user: str = USER, email: str = EMAIL) -> str:
     """A cookie-store session cookie value for ``secret``."""
     store = CookieSessionStore(
         Sealer(decode_secret(secret)), _wall_clock(), purpose=COOKIE_NAME, lifetime=0.0
     )
-    saved: Deferred[str] = Deferred.fromCoroutine(store.save(_session(), None))
+    saved: Deferred[str] = Deferred.fromCoroutine(store.save(_session(user, email), None))
     return str(saved.result)  # sealing runs to its end at once
 
 
@@ -203,13 +276,13 @@ def redis_session(secret: str, redis_port: int) -> str:
     return value
 
 
-def bearer_token(key: rsa.RSAPrivateKey, issuer: str) -> str:
+def bearer_token(key: rsa.RSAPrivateKey, issuer: str, user: str = USER, email: str = EMAIL) -> str:
     now = int(time.time())
     claims = {
         "iss": issuer,
         "aud": CLIENT_ID,
-        "sub": USER,
-        "email": EMAIL,
+        "sub": user,
+        "email": email,
         "email_verified": True,
         "iat": now,
         "exp": now + 24 * 3600,
@@ -245,16 +318,49 @@ class Wrk:
     socket_errors: int
 
 
-def run_wrk(
-    url: str, headers: dict[str, str], *, duration: int, connections: int, timeout: int = 10
-) -> Wrk:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", f"--timeout={timeout}s"]
+def wrk_command(
+    url: str,
+    headers: dict[str, str],
+    *,
+    duration: int,
+    connections: int,
+    threads: int = 1,
+    timeout: int = 10,
+    script: Path | None = None,
+) -> list[str]:
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        f"--timeout={timeout}s",
+    ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
-    command += ["--latency", url]
+    if script is not None:
+        command += ["-s", str(script)]
+    return [*command, "--latency", url]
+
+
+def run_wrk(
+    url: str,
+    headers: dict[str, str],
+    *,
+    duration: int,
+    connections: int,
+    threads: int = 1,
+    timeout: int = 10,
+) -> Wrk:
+    command = wrk_command(
+        url, headers, duration=duration, connections=connections, threads=threads, timeout=timeout
+    )
     out = subprocess.run(
         command, capture_output=True, text=True, timeout=duration + timeout + 30, check=True
     ).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> Wrk:
     requests = re.search(r"(\d+) requests in", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
@@ -290,6 +396,7 @@ class Result:
     peak_rss_mib: float
     non_2xx: int
     socket_errors: int
+    threads: int = 1
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -303,6 +410,7 @@ class Target:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     connections: int = 10
+    threads: int = 1
 
 
 def measure(target: Target, duration: int) -> Result:
@@ -315,6 +423,7 @@ def measure(target: Target, duration: int) -> Result:
         target.headers,
         duration=duration,
         connections=target.connections,
+        threads=target.threads,
     )
     cpu = target.process.cpu_seconds() - before
     target.process.check_alive()
@@ -331,6 +440,132 @@ def measure(target: Target, duration: int) -> Result:
         peak_rss_mib=target.process.peak_rss_mib(),
         non_2xx=result.non_2xx,
         socket_errors=result.socket_errors,
+        threads=target.threads,
+    )
+
+
+# --- soak ------------------------------------------------------------------------
+
+_LUA_SAFE = re.compile(r"[A-Za-z0-9._~+/=|:-]+")
+
+
+def _lua_strings(values: Sequence[str]) -> str:
+    for value in values:
+        if _LUA_SAFE.fullmatch(value) is None:
+            raise ValueError(f"cannot quote {value[:20]!r}... for Lua")
+    return "{\n" + "".join(f'  "{value}",\n' for value in values) + "}"
+
+
+def soak_script(cookies: Sequence[str], tokens: Sequence[str]) -> str:
+    """A wrk script: every request is, at random, ``/oauth2/auth`` with one of ``cookies``,
+    ``/oauth2/auth`` with one of ``tokens`` or a proxied ``/1k`` with one of ``cookies``."""
+    cookie = f'{{["Cookie"] = "{COOKIE_NAME}=" .. cookies[math.random(#cookies)]}}'
+    bearer = '{["Authorization"] = "Bearer " .. tokens[math.random(#tokens)]}'
+    return f"""-- written by python -m bench: the soak's request mix
+local cookies = {_lua_strings(cookies)}
+local tokens = {_lua_strings(tokens)}
+math.randomseed(os.time())
+
+request = function()
+  local kind = math.random(3)
+  if kind == 1 then
+    return wrk.format("GET", "/oauth2/auth", {cookie})
+  elseif kind == 2 then
+    return wrk.format("GET", "/oauth2/auth", {bearer})
+  end
+  return wrk.format("GET", "/1k", {cookie})
+end
+"""
+
+
+@dataclass
+class Soak:
+    """A long mixed load on one process, its RSS sampled every second."""
+
+    seconds: int
+    connections: int
+    identities: int
+    requests: int
+    rps: float
+    cpu_s_per_1k: float
+    non_2xx: int
+    socket_errors: int
+    samples: list[tuple[float, float]]
+    """(seconds since the load began, RSS in MiB)"""
+    baseline_s: float
+    baseline_rss_mib: float
+    end_s: float
+    end_rss_mib: float
+    growth_mib: float
+    growth_mib_per_min: float
+
+
+def soak(
+    process: Process, port: int, seconds: int, script: Path, identities: int, connections: int = 10
+) -> Soak:
+    """Load ``process`` with ``script`` for ``seconds`` (2 or more), sampling its RSS each
+    second; the reference is the sample after ``SOAK_BASELINE`` s (or half the run)."""
+    baseline_at = int(min(SOAK_BASELINE, seconds // 2))
+    ticks = [*range(1, seconds), seconds - 0.25]  # the last one before wrk stops
+    command = wrk_command(
+        f"http://127.0.0.1:{port}/", {}, duration=seconds, connections=connections, script=script
+    )
+    before = process.cpu_seconds()
+    samples: list[tuple[float, float]] = []
+    wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        start = time.monotonic()
+        for tick in ticks:
+            time.sleep(max(0.0, start + tick - time.monotonic()))
+            if wrk.poll() is not None:
+                break
+            samples.append((round(time.monotonic() - start, 2), round(process.rss_mib(), 2)))
+        out, _ = wrk.communicate(timeout=seconds + 40)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    cpu = process.cpu_seconds() - before
+    process.check_alive()
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk (soak) exited with {wrk.returncode}:\n{out}")
+    if len(samples) < len(ticks):
+        raise RuntimeError(f"wrk (soak) ended after {len(samples)} of {seconds} s:\n{out}")
+    result = parse_wrk(out)
+    baseline_s, baseline = samples[baseline_at - 1]
+    end_s, end = samples[-1]
+    growth = end - baseline
+    return Soak(
+        seconds=seconds,
+        connections=connections,
+        identities=identities,
+        requests=result.requests,
+        rps=result.rps,
+        cpu_s_per_1k=cpu / max(result.requests, 1) * 1000,
+        non_2xx=result.non_2xx,
+        socket_errors=result.socket_errors,
+        samples=samples,
+        baseline_s=baseline_s,
+        baseline_rss_mib=baseline,
+        end_s=end_s,
+        end_rss_mib=end,
+        growth_mib=round(growth, 2),
+        growth_mib_per_min=round(growth / max(end_s - baseline_s, 0.01) * 60, 2),
+    )
+
+
+def memory_lines(result: Soak) -> str:
+    errors = ""
+    if result.non_2xx or result.socket_errors:
+        errors = f" [{result.non_2xx} non-2xx, {result.socket_errors} socket errors]"
+    return (
+        f"memory: RSS {result.baseline_rss_mib:.1f} MiB after {result.baseline_s:.0f} s, "
+        f"{result.end_rss_mib:.1f} MiB after {result.end_s:.0f} s "
+        f"({result.growth_mib:+.2f} MiB, {result.growth_mib_per_min:+.2f} MiB/min)\n"
+        f"soak: {result.seconds} s, c{result.connections}, cookie and RS256 bearer "
+        f"/oauth2/auth and proxied 1 KiB GETs over {result.identities} distinct sessions and "
+        f"{result.identities} distinct tokens: {result.requests:,} requests, "
+        f"{result.rps:,.0f} req/s, {result.cpu_s_per_1k:.3f} CPU s/1k req{errors}"
     )
 
 
@@ -367,13 +602,22 @@ def _gate(port: int, args: Sequence[str]) -> list[str]:
     ]
 
 
-def run(duration: int, latency_duration: int, warmup: int, workdir: Path) -> list[Result]:
+def run(
+    duration: int,
+    latency_duration: int,
+    warmup: int,
+    soak_seconds: int,
+    workdir: Path,
+    soak_identities: int = SOAK_IDENTITIES,
+) -> tuple[list[Result], Soak | None]:
+    """The results of every scenario, and of the soak (None with ``soak_seconds`` 0)."""
     for binary in ("wrk", "redis-server", "redis-cli"):
         if shutil.which(binary) is None:
             raise RuntimeError(f"{binary} not found (apt-get install wrk redis-server)")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
-    ports = {n: free_port() for n in ("idp", "upstream", "redis", "log", "nolog", "rds", "ceil")}
+    names = ("idp", "upstream", "redis", "log", "nolog", "rds", "ceil", "workers")
+    ports = {n: free_port() for n in names}
     idp_url = f"http://127.0.0.1:{ports['idp']}"
     common = [
         "--provider=oidc",
@@ -420,11 +664,19 @@ def run(duration: int, latency_duration: int, warmup: int, workdir: Path) -> lis
             ),
             workdir,
         )
+        # --workers=1 (the default) serves in-process: log_on is the one-worker figure.
+        workers = start(
+            f"oauthgate-workers{WORKERS}",
+            _gate(ports["workers"], [*common, f"--workers={WORKERS}"]),
+            workdir,
+        )
         wait_for_status(idp, ports["idp"], "/jwks", 200)
         wait_for_status(upstream, ports["upstream"], "/1k", 200)
         for process, port in ((log_on, ports["log"]), (log_off, ports["nolog"])):
             wait_for_status(process, port, "/ping", 200)
         wait_for_status(with_redis, ports["rds"], "/ping", 200)
+        wait_for_log(workers, r"worker (\d+) \(pid \d+\) serving", WORKERS)
+        wait_for_status(workers, ports["workers"], "/ping", 200)
 
         cookie = {"Cookie": f"{COOKIE_NAME}={cookie_session(secret)}"}
         redis_cookie = {"Cookie": f"{COOKIE_NAME}={redis_session(secret, ports['redis'])}"}
@@ -433,6 +685,7 @@ def run(duration: int, latency_duration: int, warmup: int, workdir: Path) -> lis
         gate_headers = wait_for_status(log_on, ports["log"], auth, 202, cookie)
         wait_for_status(log_on, ports["log"], auth, 202, bearer)  # JWKS fetched
         wait_for_status(with_redis, ports["rds"], auth, 202, redis_cookie)
+        wait_for_status(workers, ports["workers"], auth, 202, cookie)
         same = [(k, v) for k, v in gate_headers if k.lower() not in _OWN_HEADERS]
         ceiling = start("ceiling", _server("ceiling", ports["ceil"], json.dumps(same)), workdir)
         wait_for_status(ceiling, ports["ceil"], auth, 202)
@@ -470,20 +723,60 @@ def run(duration: int, latency_duration: int, warmup: int, workdir: Path) -> lis
                         connections=connections,
                     ),
                 ]
+        # One wrk thread with 10 connections cannot load two workers: two threads, 20
+        # connections for both rows of scenario 5.
+        for process, port, count in ((log_on, ports["log"], 1), (workers, ports["workers"], 2)):
+            name = f"auth, cookie session, workers {count}"
+            targets.append(Target("5", name, process, port, auth, 202, cookie, 20, threads=2))
         if warmup:
-            for _process, port, headers in (
-                (log_on, ports["log"], cookie),
-                (log_off, ports["nolog"], cookie),
-                (with_redis, ports["rds"], redis_cookie),
-                (ceiling, ports["ceil"], {}),
+            for _process, port, headers, threads in (
+                (log_on, ports["log"], cookie, 1),
+                (log_off, ports["nolog"], cookie, 1),
+                (with_redis, ports["rds"], redis_cookie, 1),
+                (ceiling, ports["ceil"], {}, 1),
+                (workers, ports["workers"], cookie, 2),
             ):
-                run_wrk(f"http://127.0.0.1:{port}{auth}", headers, duration=warmup, connections=10)
+                run_wrk(
+                    f"http://127.0.0.1:{port}{auth}",
+                    headers,
+                    duration=warmup,
+                    connections=10 * threads,
+                    threads=threads,
+                )
         results = []
         for target in targets:
             results.append(
                 measure(target, duration if target.connections > 1 else latency_duration)
             )
-        return _with_ratios(results)
+        soaked = None
+        if soak_seconds:
+            soaked = _soak(
+                log_on, ports["log"], soak_seconds, soak_identities, secret, key, idp_url, workdir
+            )
+        return _with_ratios(results), soaked
+
+
+def _soak(
+    process: Process,
+    port: int,
+    seconds: int,
+    identities: int,
+    secret: str,
+    key: rsa.RSAPrivateKey,
+    issuer: str,
+    workdir: Path,
+) -> Soak:
+    """The soak on ``process``, with ``identities`` distinct sessions and tokens."""
+    users = [(f"user{n}", f"user{n}@example.com") for n in range(identities)]
+    cookies = [cookie_session(secret, user, email) for user, email in users]
+    tokens = [bearer_token(key, issuer, user, email) for user, email in users]
+    for cookie, token in ((cookies[0], tokens[0]), (cookies[-1], tokens[-1])):
+        wait_for_status(process, port, "/oauth2/auth", 202, {"Cookie": f"{COOKIE_NAME}={cookie}"})
+        wait_for_status(process, port, "/oauth2/auth", 202, {"Authorization": f"Bearer {token}"})
+        wait_for_status(process, port, "/1k", 200, {"Cookie": f"{COOKIE_NAME}={cookie}"})
+    script = workdir / "soak.lua"
+    script.write_text(soak_script(cookies, tokens))
+    return soak(process, port, seconds, script, identities)
 
 
 def _with_ratios(results: list[Result]) -> list[Result]:
@@ -501,6 +794,9 @@ def _with_ratios(results: list[Result]) -> list[Result]:
     on = next(r for r in results if r.name == "auth, cookie session")
     off = next(r for r in results if r.name == "auth, cookie session, log off")
     on.ratios["log_cost"] = 1 - on.rps / off.rps
+    one = next(r for r in results if r.name == "auth, cookie session, workers 1")
+    many = next(r for r in results if r.name == f"auth, cookie session, workers {WORKERS}")
+    many.ratios["workers_1"] = many.rps / one.rps
     return results
 
 
@@ -518,6 +814,8 @@ def table(results: list[Result]) -> str:
         name = r.name
         if "log_cost" in r.ratios:
             name += f" (log costs {r.ratios['log_cost']:.0%})"
+        if "workers_1" in r.ratios:
+            name += f" (x{r.ratios['workers_1']:.2f} vs workers 1)"
         if (r.non_2xx and r.status < 300) or r.socket_errors:
             name += f" [{r.non_2xx} non-2xx, {r.socket_errors} socket errors]"
         lines.append(
@@ -533,20 +831,53 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per -c10 run")
     parser.add_argument("--latency-duration", type=int, default=10, help="seconds per -c1 run")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server")
-    parser.add_argument("--smoke", action="store_true", help="1 s runs, no warm-up")
+    parser.add_argument(
+        "--soak",
+        type=_soak_seconds,
+        default=60,
+        metavar="SECONDS",
+        help="seconds of mixed load while sampling RSS, to show memory stays flat "
+        "(at least 2; 0 skips it)",
+    )
+    parser.add_argument(
+        "--soak-identities",
+        type=int,
+        default=SOAK_IDENTITIES,
+        metavar="N",
+        help="distinct cookie sessions, and distinct bearer tokens, in the soak's mix",
+    )
+    parser.add_argument("--smoke", action="store_true", help="1 s runs, no warm-up, 2 s soak")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--keep", type=Path, help="keep the processes' logs in this directory")
     options = parser.parse_args(argv)
+    if options.soak_identities < 1:
+        parser.error("--soak-identities: must be 1 or more")
     if options.smoke:
         options.duration = options.latency_duration = 1
         options.warmup = 0
+        options.soak = min(options.soak, 2)
+    timings = (options.duration, options.latency_duration, options.warmup, options.soak)
     if options.keep:
         options.keep.mkdir(parents=True, exist_ok=True)
-        results = run(options.duration, options.latency_duration, options.warmup, options.keep)
+        results, soaked = run(*timings, options.keep, options.soak_identities)
     else:
         with tempfile.TemporaryDirectory(prefix="oauthgate-bench-") as tmp:
-            results = run(options.duration, options.latency_duration, options.warmup, Path(tmp))
+            results, soaked = run(*timings, Path(tmp), options.soak_identities)
     print(table(results))
+    if soaked is not None:
+        print()
+        print(memory_lines(soaked))
     if options.json:
-        options.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+        report = {
+            "results": [asdict(r) for r in results],
+            "soak": asdict(soaked) if soaked is not None else None,
+        }
+        options.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _soak_seconds(text: str) -> int:
+    seconds = int(text)
+    if seconds != 0 and seconds < 2:
+        raise argparse.ArgumentTypeError(f"must be 0 (no soak) or 2 or more, not {seconds}")
+    return seconds
