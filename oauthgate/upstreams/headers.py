@@ -8,6 +8,7 @@ their argument alone, functions that return None change the ``headers`` they are
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from twisted.web.http_headers import Headers
@@ -51,14 +52,21 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
 def strip_hop_by_hop(headers: Headers, *, also: Iterable[bytes] = ()) -> Headers:
     """A copy of ``headers`` without hop-by-hop headers, those named by ``Connection``, and
     the lower-case names in ``also``."""
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    if also:
-        drop = drop | frozenset(also)
+    drop = _always_dropped(also if isinstance(also, tuple | frozenset) else tuple(also))
+    tokens = connection_tokens(headers)
+    if tokens:
+        drop = drop | tokens
     kept = Headers()
     for name, values in headers.getAllRawHeaders():
         if name.lower() not in drop:
             kept.setRawHeaders(name, values)
     return kept
+
+
+@functools.lru_cache(maxsize=16)
+def _always_dropped(also: tuple[bytes, ...] | frozenset[bytes]) -> frozenset[bytes]:
+    # The callers pass a few constant tuples: the union is made once per tuple.
+    return HOP_BY_HOP | frozenset(also)
 
 
 def forwarded_for(previous: Sequence[bytes] | None, client_ip: str | None) -> bytes | None:
