@@ -293,7 +293,13 @@ class Connection:
     def send(self, *args: Arg) -> Deferred[Any]:
         """The raw txredisapi Deferred of one command (no timeout, no error mapping)."""
         self.last_used = self._clock.seconds()
-        d: Deferred[Any] = self._handler.execute_command(*args)
+        pool = self._factory.pool
+        if pool and getattr(pool[0], "connected", 0):
+            # The connection txredisapi's handler would pick (the first ready one),
+            # without the Deferreds its connection queue costs per command.
+            d: Deferred[Any] = pool[0].execute_command(*args)
+        else:
+            d = self._handler.execute_command(*args)  # waits for a connection
         return d
 
     async def execute(self, *args: Arg) -> Any:

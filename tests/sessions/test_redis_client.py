@@ -258,6 +258,19 @@ class ConnectionTests(SynchronousTestCase):
         self.factory.size = 1
         return transport
 
+    def test_commands_go_straight_to_the_first_ready_connection(self) -> None:
+        ready = FakeFactory()  # a protocol: it has execute_command too
+        ready.connected = 1  # type: ignore[attr-defined]
+        self.factory.pool.append(ready)
+        self.factory.size = 1
+        d = self.start("GET", "k")
+        self.assertEqual((ready.sent, self.factory.sent), ([("GET", "k")], []))
+        ready.replies[0].callback("v")
+        self.assertEqual(self.successResultOf(d), "v")
+        ready.connected = 0  # type: ignore[attr-defined]  # lost: the handler waits for another
+        self.start("GET", "k")
+        self.assertEqual(self.factory.sent, [("GET", "k")])
+
     def test_a_reply_is_returned(self) -> None:
         self.connect()
         d = self.start("GET", "k")
