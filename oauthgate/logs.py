@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO, Any, Literal
 from urllib.parse import unquote_plus
 
@@ -100,6 +101,8 @@ FLUSH_INTERVAL = 0.5
 _BUFFER_LIMIT = 64 * 1024  # written at once past this many bytes, without waiting
 _PLACEHOLDER = re.compile(r"\{\{\s*\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _REDACTED = "REDACTED"
+_UNKNOWN: Any = object()
+_MAX_REMEMBERED = 256  # quoted paths and user agents the request log keeps
 
 LogFormat = Literal["text", "json"]
 Value = str | int | float
@@ -158,9 +161,23 @@ def redact_uri(uri: str) -> str:
     return f"{path}?{''.join(parts)}" if changed else uri
 
 
-def _quote(text: str) -> str:
-    """Go's ``%q``-style quoting (oauth2-proxy quotes the URI and the user agent)."""
-    return json.dumps(text, ensure_ascii=False)
+#: Go's ``%q``-style quoting (oauth2-proxy quotes the URI and the user agent): what
+#: ``json.dumps(text, ensure_ascii=False)`` gives for a string, without its dispatch.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _whole_lines(lines: list[bytes], limit: int) -> Iterator[bytes]:
+    """``lines`` joined into pieces of at most ``limit`` bytes (a longer line alone)."""
+    piece: list[bytes] = []
+    size = 0
+    for line in lines:
+        if piece and size + len(line) > limit:
+            yield b"".join(piece)
+            piece, size = [], 0
+        piece.append(line)
+        size += len(line)
+    if piece:
+        yield b"".join(piece)
 
 
 class LogFile:
@@ -169,7 +186,9 @@ class LogFile:
     ``write`` only appends to a buffer; ``flush`` writes it (the caller flushes on a
     timer). Past ``max_size`` bytes the file is renamed ``NAME.1`` (older backups move
     to ``.2``, ``.3``...), at most ``max_backups`` are kept (0: all) and backups older
-    than ``max_age`` seconds are removed (0: kept).
+    than ``max_age`` seconds are removed (0: kept). ``shared``: other processes write
+    to the same stream (``--workers``), so each write is whole lines of at most
+    ``PIPE_BUF`` bytes, which a pipe never interleaves with theirs.
     """
 
     def __init__(
@@ -181,8 +200,10 @@ class LogFile:
         max_backups: int = 0,
         max_age: float = 0.0,
         now: Callable[[], float] = time.time,
+        shared: bool = False,
     ) -> None:
         self.path = path
+        self._shared = shared
         self._max_size = max_size if path else 0
         self._max_backups = max_backups
         self._max_age = max_age
@@ -221,13 +242,14 @@ class LogFile:
         """Write the buffered lines."""
         if not self._buffer:
             return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        lines = self._buffer
+        self._buffer = []
         self._buffered = 0
         stream = self._open()
-        stream.write(data)
+        for data in _whole_lines(lines, select.PIPE_BUF) if self._shared else [b"".join(lines)]:
+            stream.write(data)
+            self._size += len(data)
         stream.flush()
-        self._size += len(data)
 
     def close(self) -> None:
         """Flush, and close the file if this object opened it."""
@@ -290,6 +312,9 @@ class AccessLog:
         self._client_ip = client_ip
         self._ts_second = -1
         self._ts_text = ""
+        # Quoted paths (without a query) and user agents, by their raw bytes.
+        self._quoted_uris: dict[bytes, str] = {}
+        self._quoted_agents: dict[bytes | None, str] = {}
         try:
             self.request_template = compile_template(request_format, REQUEST_FIELDS)
         except ValueError as e:
@@ -298,6 +323,9 @@ class AccessLog:
             self.auth_template = compile_template(auth_format, AUTH_FIELDS)
         except ValueError as e:
             raise ValueError(f"auth_logging_format: {e}") from None
+        self._render_request = (
+            None if self._json else _request_renderer(self.request_template, self._namespace())
+        )
         request_getters: dict[str, Callable[[Request, float], Value]] = {
             "Client": lambda r, d: self._client(r),
             "RequestID": lambda r, d: _request_id(r),
@@ -314,6 +342,55 @@ class AccessLog:
             "RequestDuration": (lambda r, d: round(d, 3)) if self._json else _duration_text,
         }
         self._request_getters = tuple(request_getters[f] for f in self.request_template.fields)
+
+    def _namespace(self) -> dict[str, Any]:
+        """What the generated request renderer may call (see :func:`_request_renderer`)."""
+        client_ip = self._client_ip
+        if client_ip is None:
+
+            def client(request: Request) -> str:
+                return getattr(request.getClientAddress(), "host", None) or "-"
+
+        else:
+
+            def client(request: Request) -> str:
+                # The gate keeps what client_ip gave when it authorized the request.
+                found = getattr(request, "oauthgate_client_ip", _UNKNOWN)
+                return (client_ip(request) if found is _UNKNOWN else found) or "-"
+
+        # The same few paths and user agents come again and again: their quoted text is
+        # remembered (a path with a query is not: it may carry a code, even redacted).
+        uris = self._quoted_uris
+        agents = self._quoted_agents
+
+        def uri(raw: bytes) -> str:
+            text = uris.get(raw)
+            if text is None:
+                text = _quote(redact_uri(_text(raw)))
+                if b"?" not in raw:
+                    if len(uris) >= _MAX_REMEMBERED:
+                        uris.clear()
+                    uris[raw] = text
+            return text
+
+        def agent(values: Sequence[bytes] | None) -> str:
+            raw = values[-1] if values else None
+            text = agents.get(raw)
+            if text is None:
+                text = _quote(_text(raw, ""))
+                if len(agents) >= _MAX_REMEMBERED:
+                    agents.clear()
+                agents[raw] = text
+            return text
+
+        return {
+            "_client": client,
+            "_request_id": _request_id_from,
+            "_timestamp": self.timestamp,
+            "_last": _last_text,
+            "_uri": uri,
+            "_agent": agent,
+        }
 
     def _client(self, request: Request) -> str:
         if self._client_ip is not None:
@@ -343,6 +420,10 @@ class AccessLog:
 
     def request(self, request: Request, duration: float) -> None:
         """Log one finished request that took ``duration`` seconds."""
+        render = self._render_request
+        if render is not None:
+            self._out.write(render(request, duration).encode("utf-8", "replace"))
+            return
         values = [g(request, duration) for g in self._request_getters]
         self._emit("request", self.request_template, values)
 
@@ -384,6 +465,69 @@ class AccessLog:
 
 def _text(value: bytes | None, missing: str = "-") -> str:
     return value.decode("utf-8", "replace") if value else missing
+
+
+def _last_text(values: Sequence[bytes] | None, missing: str) -> str:
+    """The last of a header's ``values`` as text; ``missing`` when absent or empty."""
+    return values[-1].decode("utf-8", "replace") if values and values[-1] else missing
+
+
+def _request_id_from(request: Request, header: Callable[[bytes], Sequence[bytes] | None]) -> str:
+    """:func:`_request_id`, given the request's ``getRawHeaders``."""
+    rid = getattr(request, "oauthgate_request_id", None)
+    if rid is None:
+        return _last_text(header(b"x-request-id"), "-")[:64]
+    return str(rid)
+
+
+# The Python expression of each request field in the text format, given the request
+# ``r``, its ``getRawHeaders`` ``h`` and the duration ``d``; then how it goes into the line.
+_TEXT_FIELDS: dict[str, tuple[str, str]] = {
+    "Client": ("_client(r)", "%s"),
+    "RequestID": ("_request_id(r, h)", "%s"),
+    "Username": ('getattr(r, "oauthgate_user", "") or "-"', "%s"),
+    "Timestamp": ("_timestamp()", "%s"),
+    "Host": ('_last(h(b"host"), "-")', "%s"),
+    "RequestMethod": ('r.method.decode("utf-8", "replace") if r.method else "-"', "%s"),
+    "Upstream": ('getattr(r, "oauthgate_upstream", "") or "-"', "%s"),
+    "RequestURI": ("_uri(r.uri)", "%s"),
+    "Protocol": ('r.clientproto.decode("utf-8", "replace") if r.clientproto else "-"', "%s"),
+    "UserAgent": ('_agent(h(b"user-agent"))', "%s"),
+    "StatusCode": ("r.code", "%s"),
+    "ResponseSize": ("r.sentLength", "%s"),
+    "RequestDuration": ("d", "%.3f"),
+}
+
+
+def _request_renderer(
+    template: Template, namespace: dict[str, Any]
+) -> Callable[[Request, float], str]:
+    """A function giving the text line (with its newline) of a finished request.
+
+    Generated once, at start-up, from ``template``: one ``%`` of a tuple whose items are
+    the fields' expressions, in template order (so a field absent from the template
+    costs nothing). Only the fixed expressions of :data:`_TEXT_FIELDS` are put in the
+    code: the template's own text reaches it as a value (``_fmt``), never as code.
+    """
+    parts: list[str] = []
+    position = 0
+    expressions = []
+    for match in _PLACEHOLDER.finditer(template.source):
+        expression, conversion = _TEXT_FIELDS[match.group(1)]
+        parts.append(template.source[position : match.start()].replace("%", "%%"))
+        parts.append(conversion)
+        expressions.append(f"({expression})")
+        position = match.end()
+    parts.append(template.source[position:].replace("%", "%%"))
+    code = (
+        "def render(r, d):\n"
+        "    h = r.requestHeaders.getRawHeaders\n"
+        f"    return _fmt % ({''.join(e + ', ' for e in expressions)})\n"
+    )
+    scope = {**namespace, "_fmt": "".join(parts) + "\n"}
+    exec(compile(code, f"<oauthgate request log: {template.source[:40]!r}>", "exec"), scope)
+    render: Callable[[Request, float], str] = scope["render"]
+    return render
 
 
 def _duration_text(request: Request, duration: float) -> str:
@@ -442,9 +586,14 @@ def quiet_standard_log(observer: ILogObserver) -> ILogObserver:
 
 
 def access_log_from_config(
-    config: Config, clock: IReactorTime, client_ip: Callable[[Request], str | None]
+    config: Config,
+    clock: IReactorTime,
+    client_ip: Callable[[Request], str | None],
+    *,
+    shared: bool = False,
 ) -> AccessLog | None:
     """The request/auth log writer the options describe; None when both logs are off.
+    ``shared``: other processes write to the same output (see :class:`LogFile`).
 
     Raises ConfigError for an unknown placeholder or log format, or an unopenable file.
     """
@@ -469,6 +618,7 @@ def access_log_from_config(
             max_size=config.logging_max_size * 1024 * 1024,
             max_backups=config.logging_max_backups,
             max_age=config.logging_max_age * 24 * 3600.0,
+            shared=shared,
         )
     except OSError as e:
         raise ConfigError([f"logging_filename: cannot open: {e.strerror or e}"]) from None

@@ -562,6 +562,7 @@ def gate_site(
         metrics=gate.metrics,
         in_flight=in_flight,
         access_log=access_log,
+        freeze_heap=True,
     )
 
 

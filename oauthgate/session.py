@@ -18,13 +18,14 @@ def _groups(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Session:
     """Who a request is, as established by a login, a bearer token or basic auth.
 
     Immutable: derive variants with ``attrs.evolve``. Tokens are secrets; they are
     excluded from ``repr`` so a session never leaks them into a log or traceback.
-    Times are POSIX seconds from the injected clock.
+    Times are POSIX seconds from the injected clock. Hashable (the hash is computed
+    once), so what is derived from a session can be remembered by it.
     """
 
     user: str = ""

@@ -444,6 +444,7 @@ def worker_main() -> None:
     from twisted.protocols.haproxy import proxyEndpoint
 
     from oauthgate.errors import PluginError
+    from oauthgate.logs import LogService, access_log_from_config
     from oauthgate.plugins import Plugins
     from oauthgate.reload import ReloadOnHangup, reload_actions
     from oauthgate.service import OAuthGateService, build_components, gate_site
@@ -468,7 +469,19 @@ def worker_main() -> None:
     MultiService.addService(
         service, ReloadOnHangup(reactor, reload_actions(components.gate, watched))
     )
-    site = gate_site(config, components, reactor, in_flight=service.in_flight)
+    # Request and auth lines through the same buffered writer as one process (whole
+    # lines per write, so the workers' lines never interleave on the shared stdout).
+    try:
+        access_log = access_log_from_config(config, reactor, components.gate.client_ip, shared=True)
+    except ConfigError as e:
+        print(f"oauthgate worker {index}: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if access_log is not None:
+        components.gate.access_log = access_log
+        MultiService.addService(service, LogService(access_log, reactor))
+    site = gate_site(
+        config, components, reactor, in_flight=service.in_flight, access_log=access_log
+    )
     endpoint.listen(site).addCallback(ports.append)
 
     def stop() -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import attrs
 from twisted.internet.task import Clock
 from twisted.logger import PredicateResult
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError
@@ -266,6 +268,26 @@ class FlushTests(SynchronousTestCase):
         self.assertIn(b"last words", Path(path).read_bytes())
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_a_shared_stream_gets_whole_lines_of_at_most_pipe_buf_per_write(self) -> None:
+        writes: list[bytes] = []
+
+        class Recording(io.BytesIO):
+            def write(self, data: Any) -> int:
+                writes.append(bytes(data))
+                return len(data)
+
+        out = LogFile(stream=Recording(), shared=True)
+        lines = [b"%05d %s\n" % (n, b"x" * (n % 300)) for n in range(200)]
+        lines.append(b"long " + b"y" * 5000 + b"\n")
+        for line in lines:
+            out.write(line)
+        out.flush()
+        self.assertEqual(b"".join(writes), b"".join(lines))
+        self.assertGreater(len(writes), 2)
+        for data in writes:
+            self.assertTrue(data.endswith(b"\n"))
+            self.assertTrue(len(data) <= select.PIPE_BUF or data.count(b"\n") == 1)
+
 
 class RotationTests(SynchronousTestCase):
     def test_a_line_that_fits_exactly_does_not_rotate(self) -> None:
@@ -362,3 +384,96 @@ class RedactionSpellingTests(SynchronousTestCase):
         ):
             self.assertNotIn(secret, redact_uri(uri), uri)
         self.assertEqual(redact_uri("/cb?codex=1&page=2"), "/cb?codex=1&page=2")
+
+
+class SpecialisedRendererTests(SynchronousTestCase):
+    """The text request line is rendered by a function generated once per template; its
+    lines are byte for byte those of the field-by-field rendering."""
+
+    TEMPLATES = (
+        DEFAULT_REQUEST_FORMAT,
+        "{{ .Client }}{{.Client}} 100%s %d {{.RequestDuration}}%",
+        "no fields at all, 50%",
+        "[{{.UserAgent}}|{{.RequestURI}}|{{.Host}}|{{.RequestID}}|{{.Upstream}}]",
+    )
+
+    def request(self, uri: bytes = b"/app/page", **attrs_: Any) -> Request:
+        """A real twisted.web request (DummyRequest reads the first of repeated headers,
+        Twisted's Request the last)."""
+        request = Request(DummyChannel())
+        request.uri, request.method, request.clientproto = uri, b"GET", b"HTTP/1.1"
+        request.code, request.sentLength = 200, 1234
+        for name, value in (
+            (b"host", b"app.example.com"),
+            (b"user-agent", b'curl/8 "x"'),
+            (b"x-request-id", b"rid-1"),
+        ):
+            request.requestHeaders.setRawHeaders(name, [value])
+        for name, value in attrs_.items():
+            setattr(request, name, value)
+        return request
+
+    def requests(self) -> list[Request]:
+        bare = Request(DummyChannel())
+        bare.uri = bare.method = bare.clientproto = b""
+        bare.code, bare.sentLength = 502, 0
+        empty = self.request(b"/x")
+        empty.requestHeaders.setRawHeaders(b"host", [b""])
+        empty.requestHeaders.setRawHeaders(b"user-agent", [b"first", b""])
+        repeated = self.request()
+        repeated.requestHeaders.setRawHeaders(b"host", [b"first.example", b"last.example"])
+        repeated.requestHeaders.setRawHeaders(b"x-request-id", [b"r1", b"r" * 100])
+        odd_agent = self.request()
+        odd_agent.requestHeaders.setRawHeaders(b"user-agent", ['Mozilla "é"\t\x7f'.encode()])
+        return [
+            self.request(),
+            odd_agent,
+            self.request(oauthgate_user="alice@example.com", oauthgate_upstream="app"),
+            self.request(b"/oauth2/callback?code=SECRET&state=S", oauthgate_request_id=42),
+            self.request("/é/\u2028?q=\u00ff".encode() + b"\xff"),
+            self.request(b'/a"b\\c\x01'),
+            bare,
+            empty,
+            repeated,
+        ]
+
+    def test_lines_are_those_of_the_field_by_field_rendering(self) -> None:
+        for template in self.TEMPLATES:
+            log, out, _ = writer(request_format=template)
+            for request in self.requests():
+                for duration in (0.0, 0.0005, 1.23456, 12345.6789):
+                    expected = log.request_template.render(
+                        [g(request, duration) for g in log._request_getters]
+                    )
+                    out.seek(0)
+                    out.truncate()
+                    log.request(request, duration)
+                    log.flush()
+                    self.assertEqual(out.getvalue(), expected.encode("utf-8", "replace") + b"\n")
+
+    def test_the_client_the_gate_worked_out_is_reused(self) -> None:
+        log, out, _ = writer(request_format="{{.Client}}")
+        log.request(finished_request(), 0.0)
+        log.request(finished_request(oauthgate_client_ip="192.0.2.1"), 0.0)
+        log.request(finished_request(oauthgate_client_ip=None), 0.0)
+        self.assertEqual(lines(log, out), ["10.0.0.7", "192.0.2.1", "-"])
+
+    def test_quoted_paths_and_agents_are_remembered_within_bounds(self) -> None:
+        log, out, _ = writer(request_format="{{.RequestURI}} {{.UserAgent}}")
+        for i in range(1000):
+            request = finished_request(f"/page/{i}".encode())
+            request.requestHeaders.setRawHeaders(b"user-agent", [f"agent {i}".encode()])
+            log.request(request, 0.0)
+            self.assertLessEqual(len(log._quoted_uris), 256)
+            self.assertLessEqual(len(log._quoted_agents), 256)
+        self.assertEqual(lines(log, out)[-1], '"/page/999" "agent 999"')
+
+    def test_a_path_with_a_query_is_never_remembered(self) -> None:
+        """A query may carry a code: not even its redacted text stays in memory."""
+        log, out, _ = writer(request_format="{{.RequestURI}}")
+        log.request(finished_request(b"/oauth2/callback?code=C0DE&state=S"), 0.0)
+        log.request(finished_request(b"/plain"), 0.0)
+        self.assertEqual(list(log._quoted_uris), [b"/plain"])
+        self.assertEqual(
+            lines(log, out), ['"/oauth2/callback?code=REDACTED&state=REDACTED"', '"/plain"']
+        )

@@ -13,6 +13,7 @@ from zope.interface import implementer
 from oauthgate.authz.watch import FileWatcher
 from oauthgate.errors import ConfigError
 from oauthgate.interfaces import Decision, IAuthorizer, RequestInfo
+from oauthgate.memo import Memo
 from oauthgate.session import Session
 
 __all__ = ["EmailAuthorizer", "read_emails_file"]
@@ -84,6 +85,8 @@ class EmailAuthorizer:
         self._domains = frozenset(exact)
         self._suffixes = tuple(sorted(suffixes))
         self._emails: frozenset[str] = frozenset()
+        # email -> decision, for the emails file as loaded now (forgotten at each reload).
+        self._decisions: Memo[str, Decision] = Memo()
         self._watcher: FileWatcher[frozenset[str]] | None = None
         if self._path is not None:
             self._watcher = FileWatcher(
@@ -124,7 +127,17 @@ class EmailAuthorizer:
             self._watcher.check_now()
 
     def check_email(self, email: str) -> Decision:
-        """The decision for ``email``; the reason is meant to be shown to that user."""
+        """The decision for ``email``; the reason is meant to be shown to that user.
+
+        Decided once per address (the same few arrive on every request) until the emails
+        file is reloaded."""
+        decision = self._decisions.get(email)
+        if decision is None:
+            decision = self._decide(email)
+            self._decisions.put(email, decision, len(email))
+        return decision
+
+    def _decide(self, email: str) -> Decision:
         address = email.strip().lower()
         if not address:
             return Decision.deny("no email")
@@ -160,6 +173,7 @@ class EmailAuthorizer:
 
     def _reloaded(self, emails: frozenset[str]) -> None:
         self._emails = emails
+        self._decisions.clear()
         self.log.info(
             "Reloaded the authenticated emails file {path}: {count} addresses",
             path=self._path,

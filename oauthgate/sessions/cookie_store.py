@@ -12,8 +12,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from oauthgate.interfaces import ISessionStore
+from oauthgate.memo import MAX_ENTRIES, Memo, session_weight
 from oauthgate.session import Session
-from oauthgate.sessions.crypto import Sealer
+from oauthgate.sessions.crypto import Sealer, is_fresh
 from oauthgate.sessions.encoding import decode_session, encode_session
 
 __all__ = ["CookieSessionStore"]
@@ -62,6 +63,12 @@ class CookieSessionStore:
     sealed for another purpose or older than ``lifetime`` seconds (0: no limit) loads as
     None. Sessions cannot be revoked server-side: clearing expires only the cookie.
     ``minimal`` keeps the tokens out of the cookie (``--session-cookie-minimal``).
+
+    Speed: the sessions of values that opened are remembered (a bounded
+    :class:`~oauthgate.memo.Memo` of ``memo_entries``), so a browser's next
+    request skips the AES-GCM open and the decoding. A value is found there only if it
+    is the exact text that opened before; its age is checked against ``lifetime`` on
+    every request, as :meth:`Sealer.open` checks it.
     """
 
     log = Logger()
@@ -74,6 +81,7 @@ class CookieSessionStore:
         purpose: str,
         lifetime: float,
         minimal: bool = False,
+        memo_entries: int = MAX_ENTRIES,
     ) -> None:
         self._sealer = sealer
         self._clock = clock
@@ -81,6 +89,8 @@ class CookieSessionStore:
         self._lifetime = lifetime
         self._minimal = minimal
         self._locks: dict[str, DeferredLock] = {}
+        # value -> (issue time, session) of values that opened and decoded.
+        self._memo: Memo[str, tuple[int, Session]] = Memo(memo_entries)
 
     async def save(self, session: Session, previous: str | None = None) -> str:
         """The sealed cookie value of ``session`` (``previous`` is not needed)."""
@@ -90,16 +100,22 @@ class CookieSessionStore:
 
     async def load(self, value: str) -> Session | None:
         """The session sealed in ``value``; None if it does not open, expired or is malformed."""
-        plain = self._sealer.open(value, self._purpose, self._lifetime, self._clock.seconds())
-        if plain is None:
+        now = self._clock.seconds()
+        known = self._memo.get(value)
+        if known is not None and is_fresh(known[0], self._lifetime, now):
+            return known[1]
+        # Not seen, or too old now: the full check (which refuses and logs an old value).
+        opened = self._sealer.open_dated(value, self._purpose, self._lifetime, now)
+        if opened is None:
             self.log.warn(
                 "Session cookie {fingerprint} does not open (expired, tampered or "
                 "sealed under another secret)",
                 fingerprint=_fingerprint(value),
             )
             return None
+        issued_at, plain = opened
         try:
-            return decode_session(plain)
+            session = decode_session(plain)
         except (ValueError, TypeError, RecursionError) as e:
             self.log.warn(
                 "Session cookie {fingerprint} opened but is malformed: {reason}",
@@ -107,6 +123,9 @@ class CookieSessionStore:
                 reason=type(e).__name__,
             )
             return None
+        # Session is frozen: sharing it between requests is safe.
+        self._memo.put(value, (issued_at, session), len(value) + session_weight(session))
+        return session
 
     async def clear(self, value: str) -> None:
         """Nothing to forget: the gate expires the cookie."""

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["VALID_SECRET_LENGTHS", "Sealer", "decode_secret"]
+__all__ = ["VALID_SECRET_LENGTHS", "Sealer", "decode_secret", "is_fresh"]
 
 VALID_SECRET_LENGTHS = (16, 24, 32)
 
@@ -55,6 +55,16 @@ def decode_secret(text: str) -> bytes:
         if len(decoded) in VALID_SECRET_LENGTHS:
             return decoded
     return text.encode("utf-8")
+
+
+def is_fresh(issued_at: float, max_age: float, now: float) -> bool:
+    """Whether a token issued at ``issued_at`` may still open at ``now``: issued at most
+    ``max_age`` seconds ago (``max_age`` 0: no age limit) and at most
+    :data:`MAX_CLOCK_SKEW` seconds in the future. The one age rule of
+    :meth:`Sealer.open`, also applied on every hit of a memo of opened tokens."""
+    if issued_at > now + MAX_CLOCK_SKEW:
+        return False
+    return not (max_age > 0 and now - issued_at > max_age)
 
 
 def _check_secret(instance: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
@@ -134,6 +144,17 @@ class Sealer:
         (``max_age`` 0: no age limit) or more than five minutes after ``now``. Never
         raises for any ``token``.
         """
+        opened = self.open_dated(token, purpose, max_age, now)
+        return None if opened is None else opened[1]
+
+    def open_dated(
+        self, token: str, purpose: str, max_age: float, now: float
+    ) -> tuple[int, bytes] | None:
+        """Like :meth:`open`, with the token's issue time: ``(issued_at, data)``.
+
+        A caller that remembers an opened token must check :func:`is_fresh` with the
+        issue time again before each reuse (the token ages; its data does not change).
+        """
         if (
             not isinstance(token, str)
             or len(token) > MAX_TOKEN_LENGTH
@@ -146,11 +167,9 @@ class Sealer:
         nonce = raw[:_NONCE_SIZE]
         issued = raw[_NONCE_SIZE:_HEADER_SIZE]
         (issued_at,) = _TIME.unpack(issued)
-        if issued_at > now + MAX_CLOCK_SKEW:
-            return None
-        if max_age > 0 and now - issued_at > max_age:
+        if not is_fresh(issued_at, max_age, now):
             return None
         try:
-            return self._aead.decrypt(nonce, raw[_HEADER_SIZE:], _aad(issued, purpose))
+            return issued_at, self._aead.decrypt(nonce, raw[_HEADER_SIZE:], _aad(issued, purpose))
         except InvalidTag:
             return None

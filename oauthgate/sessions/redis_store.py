@@ -34,8 +34,9 @@ from zope.interface import implementer
 
 from oauthgate.errors import StoreUnavailable
 from oauthgate.interfaces import ISessionStore
+from oauthgate.memo import MAX_ENTRIES, Memo, session_weight
 from oauthgate.session import Session
-from oauthgate.sessions.crypto import Sealer
+from oauthgate.sessions.crypto import Sealer, is_fresh
 from oauthgate.sessions.encoding import decode_session, encode_session
 from oauthgate.sessions.redis_client import RedisClient, client_from_config
 
@@ -107,6 +108,23 @@ class Ticket:
         return hashlib.sha256(self.id).hexdigest()[:12]
 
 
+class _Opened:
+    """A cookie value that opened: its ticket, with what every request needs of it.
+
+    Only what the cookie value determines is kept, and the last Redis value seen for the
+    ticket with the session it opened to (Redis is still asked on every request)."""
+
+    __slots__ = ("issued_at", "key", "last", "sealer", "ticket")
+
+    def __init__(self, issued_at: int, ticket: Ticket, key: str, sealer: Sealer) -> None:
+        self.issued_at = issued_at
+        self.ticket = ticket
+        self.key = key
+        self.sealer = sealer
+        #: (stored value as Redis returned it, its issue time, its session)
+        self.last: tuple[object, int, Session] | None = None
+
+
 @implementer(ISessionStore)
 class RedisSessionStore:
     """Sessions in Redis (standalone, Sentinel or Cluster), shared by every instance that
@@ -119,6 +137,13 @@ class RedisSessionStore:
     Entries live ``max(lifetime, expiration)`` seconds from their last save
     (:data:`DEFAULT_TTL` when both are 0); the ticket in the cookie is checked against
     ``lifetime`` (the cookie's own age limit; 0: none) like the cookie store's values.
+
+    Speed: opened tickets are remembered (a bounded
+    :class:`~oauthgate.memo.Memo` of ``memo_entries``) with the key derived
+    from their secret, and the session the last Redis value of each opened to. Every
+    load still asks Redis (a sign-out anywhere ends the session at once) and re-checks
+    the ticket's age; only when Redis returns exactly the value that opened before is
+    its session reused instead of opening and decoding it again.
     """
 
     log = Logger()
@@ -137,6 +162,7 @@ class RedisSessionStore:
         lock_ttl: float = LOCK_TTL,
         lock_wait: float = LOCK_WAIT,
         lock_retry: float = LOCK_RETRY,
+        memo_entries: int = MAX_ENTRIES,
     ) -> None:
         self.client = client
         self._sealer = sealer
@@ -151,6 +177,7 @@ class RedisSessionStore:
         self._lock_wait = lock_wait
         self._lock_retry = lock_retry
         self._running = False
+        self._memo: Memo[str, _Opened] = Memo(memo_entries)
 
     @classmethod
     def from_config(
@@ -204,13 +231,16 @@ class RedisSessionStore:
         signed out meanwhile is not brought back."""
         if self._minimal:
             session = session.without_tokens()
-        ticket = self._open(previous) if previous else None
-        reuse = ticket is not None
-        if ticket is None:
+        opened = self._opened(previous) if previous else None
+        reuse = opened is not None
+        if opened is not None:
+            ticket, key, sealer = opened.ticket, opened.key, opened.sealer
+        else:
             ticket = Ticket.new(self._random)
-        key = ticket.key(self._cookie_name)
+            key = ticket.key(self._cookie_name)
+            sealer = Sealer(ticket.secret, random=self._random)
         now = self._clock.seconds()
-        value = Sealer(ticket.secret, random=self._random).seal(encode_session(session), key, now)
+        value = sealer.seal(encode_session(session), key, now)
         args: list[str | int] = ["SET", key, value, "PX", int(self.ttl * 1000)]
         if reuse:
             args.append("XX")
@@ -225,44 +255,53 @@ class RedisSessionStore:
     async def load(self, value: str) -> Session | None:
         """The session behind ``value``; None if the ticket does not open, or its session
         is gone from Redis or does not open. Raises StoreUnavailable if Redis fails."""
-        ticket = self._open(value)
-        if ticket is None:
+        opened = self._opened(value)
+        if opened is None:
             return None
-        key = ticket.key(self._cookie_name)
+        key = opened.key
         stored = await self.client.execute("GET", key)
         if stored is None:
             self.log.info(
                 "Session {fingerprint} is not in Redis (expired or signed out)",
-                fingerprint=ticket.fingerprint,
+                fingerprint=opened.ticket.fingerprint,
             )
             return None
-        if isinstance(stored, bytes):
-            stored = stored.decode("ascii", "replace")
-        plain = Sealer(ticket.secret).open(str(stored), key, 0, self._clock.seconds())
-        if plain is None:
+        now = self._clock.seconds()
+        last = opened.last
+        # The same value opens to the same session, as long as its issue time is no
+        # further ahead of the clock than an open allows (max_age 0, as below).
+        if last is not None and last[0] == stored and is_fresh(last[1], 0, now):
+            return last[2]
+        text = stored.decode("ascii", "replace") if isinstance(stored, bytes) else str(stored)
+        dated = opened.sealer.open_dated(text, key, 0, now)
+        if dated is None:
             self.log.warn(
                 "Session {fingerprint} in Redis does not open with its ticket",
-                fingerprint=ticket.fingerprint,
+                fingerprint=opened.ticket.fingerprint,
             )
             return None
         try:
-            return decode_session(plain)
+            session = decode_session(dated[1])
         except (ValueError, TypeError, RecursionError) as e:
             self.log.warn(
                 "Session {fingerprint} in Redis is malformed: {reason}",
-                fingerprint=ticket.fingerprint,
+                fingerprint=opened.ticket.fingerprint,
                 reason=type(e).__name__,
             )
             return None
+        opened.last = (stored, dated[0], session)  # Session is frozen: safe to share
+        self._memo.put(value, opened, _weight(value, opened) + len(text) + session_weight(session))
+        return session
 
     async def clear(self, value: str) -> None:
         """Delete the session behind ``value`` from Redis (every copy of the cookie stops
         working). Nothing happens for a value that does not open."""
-        ticket = self._open(value)
-        if ticket is None:
+        opened = self._opened(value)
+        if opened is None:
             return
-        await self.client.execute("DEL", ticket.key(self._cookie_name))
-        self.log.info("Session {fingerprint} deleted", fingerprint=ticket.fingerprint)
+        self._memo.pop(value)
+        await self.client.execute("DEL", opened.key)
+        self.log.info("Session {fingerprint} deleted", fingerprint=opened.ticket.fingerprint)
 
     def lock(self, value: str) -> AbstractAsyncContextManager[None]:
         """A lock in Redis on the session behind ``value``, held across instances.
@@ -270,7 +309,8 @@ class RedisSessionStore:
         Entering waits up to ``lock_wait`` seconds for another holder, then raises
         StoreUnavailable; a value that does not open gets no lock (nothing to refresh).
         """
-        return _RedisLock(self, self._open(value))
+        opened = self._opened(value)
+        return _RedisLock(self, None if opened is None else opened.ticket)
 
     async def check(self) -> None:
         """PING (every master of a cluster); raises StoreUnavailable if Redis fails."""
@@ -279,21 +319,45 @@ class RedisSessionStore:
     # --- internals ---------------------------------------------------------------
 
     def _open(self, value: str) -> Ticket | None:
-        raw = self._sealer.open(value, self._purpose, self._lifetime, self._clock.seconds())
-        ticket = Ticket.from_bytes(raw) if raw is not None else None
-        if ticket is None:
+        """The ticket sealed in the cookie ``value``, if it opens and is not too old."""
+        opened = self._opened(value)
+        return None if opened is None else opened.ticket
+
+    def _opened(self, value: str) -> _Opened | None:
+        """:meth:`_open`, with what every request needs of the ticket."""
+        now = self._clock.seconds()
+        known = self._memo.get(value)
+        if known is not None and is_fresh(known.issued_at, self._lifetime, now):
+            return known
+        # Not seen, or too old now: the full check (which refuses and logs an old value).
+        dated = self._sealer.open_dated(value, self._purpose, self._lifetime, now)
+        ticket = Ticket.from_bytes(dated[1]) if dated is not None else None
+        if dated is None or ticket is None:
             self.log.warn(
                 "Session cookie {fingerprint} does not open (expired, tampered or sealed "
                 "under another secret)",
                 fingerprint=hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12],
             )
-        return ticket
+            return None
+        opened = _Opened(
+            dated[0],
+            ticket,
+            ticket.key(self._cookie_name),
+            Sealer(ticket.secret, random=self._random),
+        )
+        self._memo.put(value, opened, _weight(value, opened))
+        return opened
 
     def _lock_key(self, ticket: Ticket) -> str:
         return ticket.key(self._cookie_name) + ".lock"
 
     def _token(self) -> str:
         return self._random(16).hex()
+
+
+def _weight(value: str, opened: _Opened) -> int:
+    """About the bytes an opened ticket keeps (its Redis value and session: added)."""
+    return 2 * len(value) + len(opened.key) + 1024  # the cipher context, mostly
 
 
 class _RedisLock(AbstractAsyncContextManager[None]):

@@ -16,7 +16,7 @@ import base64
 import json
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -45,6 +45,7 @@ from oauthgate.interfaces import (
     RequestInfo,
 )
 from oauthgate.logs import AccessLog
+from oauthgate.memo import Memo, session_weight
 from oauthgate.metrics import NO_METRICS, MetricsHook
 from oauthgate.providers.pkce import challenge, make_verifier
 from oauthgate.resource_metadata import (
@@ -152,6 +153,8 @@ class Gate:
     _csrf: CookieSettings = attrs.field(init=False)
     _prefix: str = attrs.field(init=False)
     _own_cookie_prefix: str = attrs.field(init=False)
+    # Sessions from before provider ids -> the same with the one provider's id.
+    _adopted: Memo[Session, Session] = attrs.field(init=False, factory=Memo)
 
     log = Logger()
 
@@ -215,7 +218,13 @@ class Gate:
         if len(self.providers) == 1:
             only = self.providers[0]
             if session.provider in ("", only.config.provider, str(only.provider.id)):
-                return attrs.evolve(session, provider=only.id)
+                # Found again on every request of the session (the stores hand out the
+                # same frozen Session for the same cookie value).
+                adopted = self._adopted.get(session)
+                if adopted is None:
+                    adopted = attrs.evolve(session, provider=only.id)
+                    self._adopted.put(session, adopted, session_weight(session))
+                return adopted
         return None
 
     # --- 1. client address -------------------------------------------------------------
@@ -305,6 +314,8 @@ class Gate:
             )
             cookies.clear(request, self.cookie)
             return None
+        if not self._needs_refresh(stored, self.clock.seconds()):
+            return session  # the common case, without a coroutine for _maybe_refresh
         # The refresher compares with what the store holds: it gets the stored session.
         refreshed = await self._maybe_refresh(request, value, stored, session.provider)
         return None if refreshed is None else self._recognised(refreshed)
@@ -342,11 +353,13 @@ class Gate:
 
     async def authorize(self, request: Request, session: Session) -> str | None:
         """None if every authorizer allows ``session``; else the public reason it may not pass."""
+        client_ip = self.client_ip(request)
+        request.oauthgate_client_ip = client_ip  # type: ignore[attr-defined] # the request log's
         info = RequestInfo(
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace"),
             host=self._host(request),
-            client_ip=self.client_ip(request),
+            client_ip=client_ip,
         )
         for authorizer in self.authorizers:
             decision = await authorizer.authorize(info, session)
@@ -365,7 +378,13 @@ class Gate:
         """The request's session: a bearer JWT, then basic auth (htpasswd), then the cookie.
         The first that yields a session wins."""
         try:
-            found = await self.credentials.load(request)
+            # Credentials come in the Authorization header: without one (a browser with
+            # its cookie), there is nothing to ask them.
+            found = (
+                await self.credentials.load(request)
+                if request.requestHeaders.hasHeader(b"authorization")
+                else None
+            )
         except TokenError as e:
             self.metrics.auth("bearer", "refused")
             self._auth_log(request, None, "AuthFailure", f"bearer token refused: {e}")
@@ -409,9 +428,9 @@ class Gate:
         the original request's, so it carries no ``allowed_groups``-style constraints)."""
         identity = await self.identify(request)
         session = identity.session
-        original = self._rules.forwarded_target(request, trailing)
-        skip = self._rules.skip_reason(request, forwarded=True, trailing=trailing)
         if session is None:
+            original = self._rules.forwarded_target(request, trailing)
+            skip = self._rules.skip_reason(request, forwarded=True, trailing=trailing)
             if skip is not None:
                 self._note(request, None, skip)
                 self._auth_log(request, None, "AuthSuccess", f"allowed by {skip}")
@@ -426,7 +445,12 @@ class Gate:
             self._challenge(request, identity)
             return self._text(request, 401, b"Unauthorized")
         reason = await self.authorize(request, session)
-        if reason is not None and skip is None:
+        # A skip-auth route or trusted IP lets a session its authorizers refuse through
+        # (without identity headers); it is only looked up for such a session.
+        if (
+            reason is not None
+            and self._rules.skip_reason(request, forwarded=True, trailing=trailing) is None
+        ):
             self._auth_log(request, session, "AuthFailure", reason)
             return self._text(request, 401, b"Unauthorized")
         constraint = check_query_constraints(request.args if trailing is None else {}, session)
@@ -1021,6 +1045,28 @@ def _request_id(request: Request) -> str:
     return str(rid)
 
 
+def _resume(handling: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, Any, None]:
+    """The rest of a started ``handling`` coroutine, now waiting for ``waiting`` (a
+    Deferred), as a generator :meth:`Deferred.fromCoroutine` drives: it yields what the
+    coroutine waits for and passes each result, failure or cancellation on unchanged."""
+    while True:
+        try:
+            result = yield waiting
+        except GeneratorExit:
+            handling.close()
+            raise
+        except BaseException as e:
+            try:
+                waiting = handling.throw(e)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting = handling.send(result)
+            except StopIteration:
+                return
+
+
 class GateResource(Resource):
     """Twisted's side of the gate: every path is handled by :meth:`Gate.handle`."""
 
@@ -1032,14 +1078,30 @@ class GateResource(Resource):
         self._gate = gate
 
     def render(self, request: Request) -> int:
-        request.oauthgate_started = self._gate.clock.seconds()  # type: ignore[attr-defined]
-        metrics = self._gate.metrics
-        metrics.request_started()
-        # Asked before handling: a request answered at once still tells its end.
-        finished = request.notifyFinish()
-        d = Deferred.fromCoroutine(self._gate.handle(request))
-        finished.addErrback(lambda _: d.cancel())
-        finished.addBoth(lambda _: metrics.request_ended())
+        gate = self._gate
+        request.oauthgate_started = gate.clock.seconds()  # type: ignore[attr-defined]
+        metrics = gate.metrics
+        if metrics is not NO_METRICS:
+            metrics.request_started()
+            # Asked before handling: a request answered at once still tells its end.
+            request.notifyFinish().addBoth(lambda _: metrics.request_ended())
+        # The handler runs at once, up to the first thing it waits for. Many requests
+        # (/oauth2/auth with a cookie session) are answered before that, and need no
+        # Deferred, no cancellation hook and no failure handler chained for later.
+        handling = gate.handle(request)
+        try:
+            waiting = handling.send(None)
+        except StopIteration:
+            return NOT_DONE_YET
+        except BaseException:
+            self._failed(Failure(), request)
+            return NOT_DONE_YET
+        # It waits (Redis, the IdP, the upstream): Twisted drives the rest.
+        d = Deferred.fromCoroutine(_resume(handling, waiting))
+        if getattr(request, "_disconnected", False):
+            d.cancel()
+        else:
+            request.notifyFinish().addErrback(lambda _: d.cancel())  # the client went away
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 

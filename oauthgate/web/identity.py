@@ -21,6 +21,7 @@ from twisted.web.http_headers import Headers
 
 from oauthgate.config.headers import HeaderRule, HeaderValue, legacy_header_rules
 from oauthgate.config.options import Config
+from oauthgate.memo import Memo, session_weight
 from oauthgate.session import Session
 
 __all__ = ["IDENTITY_HEADERS", "IdentityHeaders", "claim_values", "normalise", "set_all"]
@@ -53,6 +54,9 @@ def normalise(name: bytes | str) -> bytes:
 
 
 _CONTROL = dict.fromkeys([*range(32), 127], " ")
+# Header names remembered by strip_from (names are few; a client inventing new ones on
+# every request only makes the map start over).
+_MAX_NAMES = 1024
 
 
 def _header_value(value: str) -> bytes:
@@ -104,11 +108,28 @@ def _render(value: HeaderValue, session: Session) -> list[str]:
 
 @attrs.frozen
 class IdentityHeaders:
-    """What to strip from requests and what to add for an authenticated session."""
+    """What to strip from requests and what to add for an authenticated session.
+
+    The headers of a session are worked out once and remembered, keyed by the (frozen)
+    session, in bounded memos; so is whether each incoming header name is one to strip.
+    """
 
     request_rules: tuple[HeaderRule, ...]
     response_rules: tuple[HeaderRule, ...]
     strip: frozenset[bytes]
+    _stripped: dict[bytes, bool] = attrs.field(init=False, factory=dict, eq=False, repr=False)
+    _responses: Memo[tuple[Session, bool], tuple[tuple[bytes, bytes], ...]] = attrs.field(
+        init=False, factory=Memo, eq=False, repr=False
+    )
+    _upstreams: Memo[Session, tuple[tuple[bytes, bytes], ...]] = attrs.field(
+        init=False, factory=Memo, eq=False, repr=False
+    )
+    _preserving: bool = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        # A rule keeping the client's value makes the upstream headers depend on the request.
+        preserving = any(rule.preserve_request_value for rule in self.request_rules)
+        object.__setattr__(self, "_preserving", preserving)
 
     @classmethod
     def from_rules(
@@ -137,7 +158,17 @@ class IdentityHeaders:
 
     def strip_from(self, headers: Headers) -> list[bytes]:
         """Remove every incoming copy of an identity header; returns the names removed."""
-        removed = [name for name, _ in headers.getAllRawHeaders() if normalise(name) in self.strip]
+        stripped = self._stripped
+        removed = []
+        for name, _ in headers.getAllRawHeaders():
+            strip = stripped.get(name)
+            if strip is None:
+                strip = normalise(name) in self.strip
+                if len(stripped) >= _MAX_NAMES:
+                    stripped.clear()
+                stripped[name] = strip
+            if strip:
+                removed.append(name)
         for name in removed:
             headers.removeHeader(name)
         return removed
@@ -150,15 +181,30 @@ class IdentityHeaders:
         already stripped), a rule that preserves the request value puts the client's
         values first.
         """
-        return _apply(self.request_rules, session, secrets=True, incoming=incoming)
+        if self._preserving and incoming is not None:
+            return _apply(self.request_rules, session, secrets=True, incoming=incoming)
+        pairs = self._upstreams.get(session)
+        if pairs is None:
+            pairs = tuple(_apply(self.request_rules, session, secrets=True, incoming=None))
+            self._upstreams.put(session, pairs, session_weight(session) + _weight(pairs))
+        return list(pairs)
 
     def response(self, session: Session, *, tokens: bool) -> Pairs:
         """Headers added to oauthgate's answer: ``/oauth2/auth`` (``tokens=True``) and
         proxied responses (``tokens=False``: token claims and Basic credentials never go
         to the browser, where page scripts could read them)."""
-        out: Pairs = [(b"GAP-Auth", _header_value(session.email or session.user))]
-        out.extend(_apply(self.response_rules, session, secrets=tokens, incoming=None))
-        return out
+        key = (session, tokens)
+        pairs = self._responses.get(key)
+        if pairs is None:
+            out: Pairs = [(b"GAP-Auth", _header_value(session.email or session.user))]
+            out.extend(_apply(self.response_rules, session, secrets=tokens, incoming=None))
+            pairs = tuple(out)
+            self._responses.put(key, pairs, session_weight(session) + _weight(pairs))
+        return list(pairs)
+
+
+def _weight(pairs: Sequence[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) + 64 for name, value in pairs) + 128
 
 
 def _apply(

@@ -7,11 +7,13 @@ entirely for excluded paths.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -19,11 +21,37 @@ from oauthgate.logs import AccessLog
 from oauthgate.metrics import NO_METRICS, MetricsHook
 from oauthgate.shutdown import RequestsInFlight
 
-__all__ = ["MAX_HEADER_BYTES", "GateSite"]
+__all__ = ["MAX_HEADER_BYTES", "GateRequest", "GateSite"]
 
 # Request line plus headers. Twisted's default (16 KiB) is too small for sessions split
 # over several cookies (big Entra ID / Keycloak tokens); oauth2-proxy's Go server allows 1 MiB.
 MAX_HEADER_BYTES = 64 * 1024
+
+
+class GateRequest(Request):
+    """Twisted's request, which tells the site's count of requests in flight when it
+    ends: once it has finished, or its connection is lost. That is when
+    ``notifyFinish()`` fires for a request (the channel handles one request at a time),
+    without a Deferred and a callback per request."""
+
+    oauthgate_in_flight: RequestsInFlight | None = None
+
+    def finish(self) -> None:
+        try:
+            Request.finish(self)
+        finally:
+            self._ended()
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            Request.connectionLost(self, reason)
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        in_flight, self.oauthgate_in_flight = self.oauthgate_in_flight, None
+        if in_flight is not None:
+            in_flight.ended()
 
 
 class GateSite(Site):
@@ -33,6 +61,7 @@ class GateSite(Site):
 
     noisy = False
     displayTracebacks = False
+    requestFactory = GateRequest
     request_log = Logger(namespace="oauthgate.request")
     log_failures = Logger(namespace="oauthgate.web.site")
 
@@ -47,8 +76,10 @@ class GateSite(Site):
         metrics: MetricsHook = NO_METRICS,
         in_flight: RequestsInFlight | None = None,
         access_log: AccessLog | None = None,
+        freeze_heap: bool = False,
     ) -> None:
         Site.__init__(self, resource)
+        self._freeze_heap = freeze_heap
         self._in_flight = in_flight
         self._clock = clock
         self._enabled = enabled
@@ -58,6 +89,17 @@ class GateSite(Site):
         # When given, request lines go to this writer (oauth2-proxy's template, buffered)
         # instead of a twisted.logger event.
         self._access_log = access_log
+
+    def startFactory(self) -> None:
+        """Listening starts: with ``freeze_heap``, what exists now (modules, the
+        configuration, the gate) is moved out of the garbage collector's reach
+        (``gc.freeze``). It lives as long as the process anyway, and the collector's
+        full passes would walk all of it (~130k objects) every few thousand requests:
+        about 2.5 µs per request on average, measured on ``/oauth2/auth`` in-process."""
+        Site.startFactory(self)
+        if self._freeze_heap:
+            gc.collect()
+            gc.freeze()
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         protocol = Site.buildProtocol(self, addr)
@@ -70,18 +112,24 @@ class GateSite(Site):
         in_flight = self._in_flight
         if in_flight is not None:
             in_flight.started()
-            request.notifyFinish().addBoth(lambda _: in_flight.ended())
+            if isinstance(request, GateRequest):
+                request.oauthgate_in_flight = in_flight  # it tells when it ends
+            else:
+                request.notifyFinish().addBoth(lambda _: in_flight.ended())
         resource: IResource = Site.getResourceFor(self, request)
         return resource
 
     def log(self, request: Request) -> None:  # type: ignore[override]
         """Called once per finished request: count it, then log it (unless excluded)."""
+        if not self._enabled and self._metrics is NO_METRICS:
+            return  # nothing to count, nothing to log
         try:
             started = getattr(request, "oauthgate_started", None)
             duration = self._clock.seconds() - started if started is not None else 0.0
-            self._metrics.request_finished(
-                request.method, request.getHeader(b"host"), request.code, duration
-            )
+            if self._metrics is not NO_METRICS:
+                self._metrics.request_finished(
+                    request.method, request.getHeader(b"host"), request.code, duration
+                )
             if self._enabled and request.path not in self._exclude:
                 if self._access_log is not None:
                     self._access_log.request(request, duration)

@@ -78,6 +78,15 @@ class EmailDomainTests(SynchronousTestCase):
     def test_no_domains_and_no_file_denies(self) -> None:
         self.assertFalse(self.allowed([], "user@example.com"))
 
+    def test_remembered_decisions_are_bounded_and_stay_right(self) -> None:
+        authorizer = EmailAuthorizer(["example.com"], Clock())
+        for i in range(12_000):
+            email = f"user{i}@example.{'com' if i % 2 else 'org'}"
+            self.assertEqual(authorizer.check_email(email).allowed, bool(i % 2))
+        self.assertLessEqual(len(authorizer._decisions), 10_000)
+        self.assertFalse(authorizer.check_email("user0@example.org").allowed)
+        self.assertTrue(authorizer.check_email("user1@example.com").allowed)
+
     def test_from_config(self) -> None:
         class Config:
             email_domains = ("example.com",)
@@ -149,6 +158,17 @@ class EmailsFileTests(SynchronousTestCase):
         clock.advance(1)
         self.assertFalse(authorizer.check_email("old@example.org").allowed)
         self.assertTrue(authorizer.check_email("new.person@example.org").allowed)
+
+    def test_decisions_are_made_again_after_a_reload_on_sighup(self) -> None:
+        path = self.make_file("old@example.org\n")
+        authorizer = EmailAuthorizer([], Clock(), path)
+        for _ in range(2):
+            self.assertTrue(authorizer.check_email("old@example.org").allowed)
+            self.assertFalse(authorizer.check_email("new@example.org").allowed)
+        self.write(path, "new@example.org\n")
+        authorizer.check_now()
+        self.assertFalse(authorizer.check_email("old@example.org").allowed)
+        self.assertTrue(authorizer.check_email("new@example.org").allowed)
 
     def test_reload_happens_on_every_change(self) -> None:
         clock = Clock()

@@ -17,7 +17,12 @@ from typing import Any
 
 from tests.integration.test_end_to_end import OAuthGateProcess
 
-WORKER_LINE = re.compile(r"\[worker (\d+) pid (\d+)\] (.*)")
+# oauth2-proxy's default request line: client - request id - user [time] host method
+# upstream "uri" protocol "agent" status size duration
+REQUEST_LINE = re.compile(
+    r'\S+ - \S+ - \S+ \[\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\] \S+ [A-Z]+ \S+ "[^"]*" '
+    r'HTTP/1\.1 "[^"]*" \d{3} \d+ \d+\.\d{3}'
+)
 
 
 def gate_args(upstream: str, *extra: str) -> list[str]:
@@ -76,9 +81,22 @@ def serving(gate: OAuthGateProcess, port: int | None = None) -> None:
     wait_for("/ping", lambda: get(port or gate.port, "/ping", timeout=1)[0] == 200, gate)
 
 
-def request_lines(gate: OAuthGateProcess) -> list[tuple[int, int, str]]:
-    """(worker number, pid, access log line) for every request a worker logged."""
-    return [(int(m[1]), int(m[2]), m[3]) for m in WORKER_LINE.finditer(gate.log())]
+def request_lines(gate: OAuthGateProcess, marker: str) -> list[str]:
+    """The access log lines (oauth2-proxy's default format) whose URI contains ``marker``;
+    fails on a line that is not whole (workers share stdout)."""
+    lines = [line for line in gate.log().splitlines() if marker in line]
+    for line in lines:
+        assert REQUEST_LINE.fullmatch(line), f"not a whole request line: {line!r}"
+    return lines
+
+
+def writes(pid: int) -> int:
+    """The write system calls ``pid`` made so far: a worker that serves a request writes
+    its answer; an idle one writes nothing."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no syscw in /proc/{pid}/io")
 
 
 class EchoUpstream:

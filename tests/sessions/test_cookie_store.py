@@ -192,3 +192,88 @@ class CookieSessionStoreTests(SynchronousTestCase):
                 return "acquired"
 
         self.assertEqual(self.get_success(after()), "acquired")
+
+
+class RememberedSessionTests(SynchronousTestCase):
+    """The store remembers what a value opened to; every rule of opening still holds."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = CookieSessionStore(
+            Sealer(SECRET), self.clock, purpose="_oauth2_proxy", lifetime=LIFETIME
+        )
+
+    def load(self, value: str, store: CookieSessionStore | None = None) -> Session | None:
+        return self.successResultOf(Deferred.fromCoroutine((store or self.store).load(value)))
+
+    def save(self, session: Session, store: CookieSessionStore | None = None) -> str:
+        return self.successResultOf(Deferred.fromCoroutine((store or self.store).save(session)))
+
+    def test_a_remembered_session_is_the_one_that_opened(self) -> None:
+        value = self.save(SESSION)
+        first = self.load(value)
+        self.assertEqual(first, SESSION)
+        self.assertIs(self.load(value), first)  # frozen, hence shared
+
+    def test_a_remembered_session_still_ends_with_its_lifetime(self) -> None:
+        value = self.save(SESSION)
+        self.assertEqual(self.load(value), SESSION)
+        self.clock.advance(LIFETIME)
+        self.assertEqual(self.load(value), SESSION)
+        self.clock.advance(0.5)
+        with capturedLogs() as events:
+            self.assertIsNone(self.load(value))
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.warn])
+        self.assertIsNone(self.load(value))
+
+    def test_a_remembered_value_from_too_far_in_the_future_is_refused(self) -> None:
+        """The clock may be set back (NTP): the skew rule applies as when opening."""
+        value = self.save(SESSION)
+        self.assertEqual(self.load(value), SESSION)
+        self.clock.advance(-300)
+        self.assertEqual(self.load(value), SESSION)
+        self.clock.advance(-1)
+        self.assertIsNone(self.load(value))
+        self.clock.advance(1)
+        self.assertEqual(self.load(value), SESSION)
+
+    def test_a_tampered_copy_of_a_remembered_value_never_loads(self) -> None:
+        value = self.save(SESSION)
+        self.assertEqual(self.load(value), SESSION)
+        for i in (2, 10, len(value) // 2, len(value) - 1):
+            flipped = value[:i] + ("A" if value[i] != "A" else "B") + value[i + 1 :]
+            self.assertIsNone(self.load(flipped), i)
+        self.assertIsNone(self.load(value + "A"))
+        self.assertIsNone(self.load(value[:-1]))
+        self.assertEqual(self.load(value), SESSION)
+
+    def test_a_value_remembered_by_one_store_does_not_open_in_another(self) -> None:
+        """Each store remembers only what opened under its own secret and purpose."""
+        value = self.save(SESSION)
+        self.assertEqual(self.load(value), SESSION)
+        csrf = CookieSessionStore(Sealer(SECRET), self.clock, purpose="csrf", lifetime=LIFETIME)
+        other = CookieSessionStore(
+            Sealer(b"o" * 32), self.clock, purpose="_oauth2_proxy", lifetime=0
+        )
+        self.assertIsNone(self.load(value, csrf))
+        self.assertIsNone(self.load(value, other))
+
+    def test_a_malformed_session_is_not_remembered(self) -> None:
+        value = Sealer(SECRET).seal(b'{"u":5}', "_oauth2_proxy", self.clock.seconds())
+        for _ in range(2):
+            with capturedLogs() as events:
+                self.assertIsNone(self.load(value))
+            self.assertEqual(len(events), 1)
+        self.assertEqual(len(self.store._memo), 0)
+
+    def test_the_memo_is_bounded_and_forgotten_values_open_again(self) -> None:
+        store = CookieSessionStore(
+            Sealer(SECRET), self.clock, purpose="_oauth2_proxy", lifetime=LIFETIME, memo_entries=3
+        )
+        sessions = [Session(user=f"user{i}", created_at=START) for i in range(10)]
+        values = [self.save(s, store) for s in sessions]
+        for _ in range(2):
+            for session, value in zip(sessions, values, strict=True):
+                self.assertEqual(self.load(value, store), session)
+                self.assertLessEqual(len(store._memo), 3)

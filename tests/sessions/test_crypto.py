@@ -7,7 +7,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oauthgate.sessions.crypto import Sealer, decode_secret
+from oauthgate.sessions.crypto import MAX_CLOCK_SKEW, Sealer, decode_secret, is_fresh
 
 SECRET = bytes(range(32))
 NOW = 1_700_000_000.0
@@ -145,3 +145,31 @@ class SealerTests(SynchronousTestCase):
 
     def test_secret_is_not_in_repr(self) -> None:
         self.assertNotIn(repr(SECRET), repr(self.sealer))
+
+    def test_open_dated_gives_the_authenticated_issue_time_with_the_data(self) -> None:
+        token = self.sealer.seal(PAYLOAD, "p", NOW + 0.9)
+        self.assertEqual(self.sealer.open_dated(token, "p", 60, NOW + 30), (int(NOW), PAYLOAD))
+        self.assertIsNone(self.sealer.open_dated(token, "other", 60, NOW))
+        self.assertIsNone(self.sealer.open_dated(token, "p", 60, NOW + 61))
+
+
+class FreshnessTests(SynchronousTestCase):
+    """is_fresh is the age rule of Sealer.open, also applied to remembered tokens."""
+
+    def test_fresh_up_to_max_age_and_not_after(self) -> None:
+        self.assertTrue(is_fresh(NOW, 60, NOW + 60))
+        self.assertFalse(is_fresh(NOW, 60, NOW + 60.5))
+
+    def test_max_age_zero_is_no_limit(self) -> None:
+        self.assertTrue(is_fresh(NOW, 0, NOW + 10 * 365 * 86400))
+
+    def test_not_fresh_from_further_in_the_future_than_the_skew(self) -> None:
+        self.assertTrue(is_fresh(NOW + MAX_CLOCK_SKEW, 60, NOW))
+        self.assertFalse(is_fresh(NOW + MAX_CLOCK_SKEW + 1, 0, NOW))
+
+    def test_it_agrees_with_open_on_both_sides_of_every_boundary(self) -> None:
+        token = Sealer(SECRET).seal(PAYLOAD, "p", NOW)
+        for max_age in (0, 60):
+            for now in (NOW - 301, NOW - 300, NOW, NOW + 59.5, NOW + 60, NOW + 60.5, NOW + 1e9):
+                opened = Sealer(SECRET).open(token, "p", max_age, now) is not None
+                self.assertEqual(is_fresh(int(NOW), max_age, now), opened, (max_age, now))

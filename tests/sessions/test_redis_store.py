@@ -301,6 +301,101 @@ class RedisSessionStoreTests(StoreTestCase):
         self.assertFalse(self.redis.started)
 
 
+class RememberedTicketTests(StoreTestCase):
+    """The store remembers opened tickets and the session of the last Redis value it
+    saw; Redis is still asked every time, and every rule of opening still holds."""
+
+    def gets(self) -> int:
+        return sum(1 for c in self.redis.commands if c[0] == "GET")
+
+    def test_every_load_asks_redis_even_when_remembered(self) -> None:
+        value = self.get(self.store.save(SESSION))
+        for n in range(1, 4):
+            self.assertEqual(self.get(self.store.load(value)), SESSION)
+            self.assertEqual(self.gets(), n)
+
+    def test_a_sign_out_elsewhere_ends_a_remembered_session_at_once(self) -> None:
+        value = self.get(self.store.save(SESSION))
+        self.assertEqual(self.get(self.store.load(value)), SESSION)
+        self.assertEqual(self.get(self.store.load(value)), SESSION)
+        self.get(self.make_store().clear(value))  # another instance
+        self.assertIsNone(self.get(self.store.load(value)))
+
+    def test_a_refresh_elsewhere_is_seen_at_once(self) -> None:
+        value = self.get(self.store.save(SESSION))
+        self.assertEqual(self.get(self.store.load(value)), SESSION)
+        refreshed = attrs.evolve(SESSION, access_token="new", created_at=START + 60)
+        self.clock.advance(60)
+        self.get(self.make_store().save(refreshed, value))
+        self.assertEqual(self.get(self.store.load(value)), refreshed)
+
+    def test_values_swapped_between_remembered_keys_do_not_open(self) -> None:
+        one = self.get(self.store.save(SESSION))
+        two = self.get(self.store.save(attrs.evolve(SESSION, user="bob")))
+        self.assertEqual(self.get(self.store.load(one)), SESSION)
+        self.assertEqual(self.get(self.store.load(two)).user, "bob")  # type: ignore[union-attr]
+        key_one, key_two = (self.store._open(v).key(COOKIE) for v in (one, two))  # type: ignore[union-attr]
+        self.redis.data[key_one], self.redis.data[key_two] = (
+            self.redis.data[key_two],
+            self.redis.data[key_one],
+        )
+        self.assertIsNone(self.get(self.store.load(one)))
+        self.assertIsNone(self.get(self.store.load(two)))
+
+    def test_a_tampered_redis_value_does_not_open_after_the_good_one_did(self) -> None:
+        value = self.get(self.store.save(SESSION))
+        self.assertEqual(self.get(self.store.load(value)), SESSION)
+        (key,) = self.redis.live_keys()
+        stored, expires = self.redis.data[key]
+        self.redis.data[key] = (
+            stored[:-3] + ("A" if stored[-3] != "A" else "B") + stored[-2:],
+            expires,
+        )
+        self.assertIsNone(self.get(self.store.load(value)))
+        self.redis.data[key] = (stored, expires)
+        self.assertEqual(self.get(self.store.load(value)), SESSION)
+
+    def test_a_remembered_ticket_still_ends_with_the_cookie_lifetime(self) -> None:
+        store = self.make_store(expiration=7 * 86400.0)  # Redis keeps it longer
+        value = self.get(store.save(SESSION))
+        self.assertEqual(self.get(store.load(value)), SESSION)
+        self.clock.advance(3600)
+        self.assertEqual(self.get(store.load(value)), SESSION)
+        self.clock.advance(0.5)
+        gets = self.gets()
+        self.assertIsNone(self.get(store.load(value)))
+        self.assertEqual(self.gets(), gets)  # refused before Redis
+        # Saving with it as the previous value makes a new ticket: the old one is too old.
+        self.get(store.save(SESSION, value))
+        self.assertEqual(len(self.redis.live_keys()), 2)
+
+    def test_a_remembered_ticket_from_too_far_in_the_future_is_refused(self) -> None:
+        value = self.get(self.store.save(SESSION))
+        self.assertEqual(self.get(self.store.load(value)), SESSION)
+        self.clock.advance(-301)  # the clock was set back
+        self.assertIsNone(self.get(self.store.load(value)))
+        self.clock.advance(1)
+        self.assertEqual(self.get(self.store.load(value)), SESSION)
+
+    def test_a_tampered_cookie_never_reaches_redis_after_the_good_one_did(self) -> None:
+        value = self.get(self.store.save(SESSION))
+        self.assertEqual(self.get(self.store.load(value)), SESSION)
+        gets = self.gets()
+        for i in (2, 10, len(value) // 2, len(value) - 1):
+            flipped = value[:i] + ("A" if value[i] != "A" else "B") + value[i + 1 :]
+            self.assertIsNone(self.get(self.store.load(flipped)))
+        self.assertEqual(self.gets(), gets)
+
+    def test_the_memo_is_bounded_and_forgotten_tickets_open_again(self) -> None:
+        store = self.make_store(memo_entries=3)
+        sessions = [attrs.evolve(SESSION, user=f"user{i}") for i in range(10)]
+        values = [self.get(store.save(s)) for s in sessions]
+        for _ in range(2):
+            for session, value in zip(sessions, values, strict=True):
+                self.assertEqual(self.get(store.load(value)), session)
+                self.assertLessEqual(len(store._memo), 3)
+
+
 class RedisLockTests(StoreTestCase):
     def setUp(self) -> None:
         super().setUp()

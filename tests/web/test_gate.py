@@ -17,10 +17,11 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import attrs
 from treq.testing import RequestTraversalAgent
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, eventAsJSON, formatEvent
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
@@ -29,8 +30,9 @@ from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
 
 from oauthgate.config.options import Config
-from oauthgate.errors import ProviderError
+from oauthgate.errors import AuthError, ProviderError
 from oauthgate.interfaces import Decision, IAuthorizer, RequestInfo
+from oauthgate.metrics import NO_METRICS
 from oauthgate.plugins import Plugins
 from oauthgate.service import Components, build_components
 from oauthgate.session import Session
@@ -139,6 +141,13 @@ class BrokenAuthorizer:
 
     async def authorize(self, request: RequestInfo, session: Session) -> Decision:
         raise ZeroDivisionError("a bug")
+
+
+class DenyingAuthorizer:
+    """An authorizer refusing everybody."""
+
+    async def authorize(self, request: RequestInfo, session: Session) -> Decision:
+        return Decision.deny("nobody today")
 
 
 @implementer(IAgent)
@@ -663,6 +672,20 @@ class AuthEndpointTests(GateTestCase):
         self.assertEqual(answer.header("x-auth-request-groups"), "admins,staff")
         self.assertEqual(answer.header("x-auth-request-preferred-username"), "alice")
         self.assertEqual(answer.header("gap-auth"), "alice@example.com")
+
+    def test_a_refused_session_passes_a_skip_auth_route_without_identity_headers(self) -> None:
+        world = self.logged_in(skip_auth_routes=("^/public/",), reverse_proxy=True)
+        world.gate.authorizers = (DenyingAuthorizer(),)
+        public = self.get_success(
+            world.get("/oauth2/auth", headers={"X-Forwarded-Uri": "/public/page"})
+        )
+        self.assertEqual(public.status, 202)
+        self.assertIsNone(public.header("x-auth-request-email"))
+        self.assertIsNone(public.header("gap-auth"))
+        private = self.get_success(
+            world.get("/oauth2/auth", headers={"X-Forwarded-Uri": "/private"})
+        )
+        self.assertEqual(private.status, 401)
 
     def test_no_session_gets_401(self) -> None:
         world = make_world()
@@ -1459,3 +1482,123 @@ class LoggingTests(GateTestCase):
             self.assertEqual([t for t in texts if secret in t], [], f"the {name} was logged")
         failures = [e for e in events if e.get("status") == "AuthFailure"]
         self.assertEqual(len(failures), 3, [formatEvent(e) for e in events])
+
+
+# -- the resource: running the handler ----------------------------------------------------
+
+
+class _StubGate:
+    """What GateResource needs of a gate, with ``handler`` as the request's way."""
+
+    def __init__(self, handler: Any) -> None:
+        self.clock = Clock()
+        self.metrics = NO_METRICS
+        self._handler = handler
+
+    async def handle(self, request: Request) -> None:
+        await self._handler(request)
+
+    def render_error(self, request: Request, error: AuthError) -> None:
+        request.setResponseCode(error.status)
+        request.finish()
+
+
+def _answer(request: Request, code: int) -> None:
+    request.setResponseCode(code)
+    request.finish()
+
+
+class GateResourceTests(GateTestCase):
+    """Handlers run at once up to their first wait; Twisted drives the rest."""
+
+    def render(self, handler: Any) -> Request:
+        request = Request(DummyChannel())
+        request.method = request.path = b"/x"
+        resource = GateResource(_StubGate(handler))  # type: ignore[arg-type]
+        self.assertEqual(resource.render(request), NOT_DONE_YET)
+        return request
+
+    def test_a_request_answered_at_once_is_finished_when_render_returns(self) -> None:
+        async def handler(request: Request) -> None:
+            _answer(request, 202)
+
+        request = self.render(handler)
+        self.assertTrue(request.finished)
+        self.assertEqual(request.code, 202)
+
+    def test_an_error_raised_at_once_gets_its_page(self) -> None:
+        async def handler(request: Request) -> None:
+            raise AuthError(404, "not_found", "There is nothing here.")
+
+        with capturedLogs():
+            request = self.render(handler)
+        self.assertTrue(request.finished)
+        self.assertEqual(request.code, 404)
+
+    def test_a_waiting_handler_is_resumed_with_each_result(self) -> None:
+        first: Deferred[int] = Deferred()
+        second: Deferred[int] = Deferred()
+
+        async def handler(request: Request) -> None:
+            _answer(request, await first + await second)
+
+        request = self.render(handler)
+        self.assertFalse(request.finished)
+        first.callback(200)
+        self.assertFalse(request.finished)
+        second.callback(4)
+        self.assertTrue(request.finished)
+        self.assertEqual(request.code, 204)
+
+    def test_a_waiting_handler_gets_the_failure_it_waits_for(self) -> None:
+        waited: Deferred[int] = Deferred()
+
+        async def handler(request: Request) -> None:
+            try:
+                await waited
+            except ValueError as e:
+                _answer(request, int(str(e)))
+
+        request = self.render(handler)
+        waited.errback(ValueError("503"))
+        self.assertEqual(request.code, 503)
+
+    def test_a_failure_after_a_wait_gets_its_page(self) -> None:
+        waited: Deferred[None] = Deferred()
+
+        async def handler(request: Request) -> None:
+            await waited
+            raise AuthError(403, "denied", "No.")
+
+        request = self.render(handler)
+        with capturedLogs():
+            waited.callback(None)
+        self.assertEqual(request.code, 403)
+
+    def test_a_waiting_handler_is_cancelled_when_the_client_goes_away(self) -> None:
+        waited: Deferred[None] = Deferred()
+        seen: list[str] = []
+
+        async def handler(request: Request) -> None:
+            try:
+                await waited
+            except CancelledError:
+                seen.append("cancelled")
+                raise
+
+        request = self.render(handler)
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(seen, ["cancelled"])
+
+
+class AdoptedSessionTests(GateTestCase):
+    def test_a_session_from_before_provider_ids_gets_the_id_every_time(self) -> None:
+        world = make_world()
+        gate = world.gate
+        only = gate.providers[0].id
+        old = Session(user="1001", email="alice@example.com", created_at=EPOCH)
+        first = gate._recognised(old)
+        self.assertEqual(first, attrs.evolve(old, provider=only))
+        self.assertEqual(gate._recognised(attrs.evolve(old)), first)
+        self.assertEqual(gate._recognised(old), first)
+        self.assertIsNone(gate._recognised(attrs.evolve(old, provider="removed")))

@@ -294,3 +294,64 @@ class ThroughTheGateTests(GateTestCase):
         self.assertEqual(proxied.status, 200)
         self.assertEqual(proxied.header("x-who"), "alice")
         self.assertIsNone(proxied.header("x-id-token"))
+
+
+class RememberedHeadersTests(SynchronousTestCase):
+    """The headers of a session are worked out once; what comes back is never shared."""
+
+    def test_the_same_session_gets_the_same_headers_in_a_fresh_list(self) -> None:
+        headers = headers_for(set_xauthrequest=True, pass_access_token=True)
+        first = headers.response(ALICE, tokens=True)
+        first.append((b"X-Mutated", b"by the caller"))
+        again = headers.response(attrs.evolve(ALICE), tokens=True)
+        self.assertNotIn((b"X-Mutated", b"by the caller"), again)
+        self.assertEqual(again, first[:-1])
+        self.assertIn((b"X-Auth-Request-Access-Token", b"AT"), again)
+        self.assertNotIn(
+            (b"X-Auth-Request-Access-Token", b"AT"), headers.response(ALICE, tokens=False)
+        )
+        upstream = headers.upstream(ALICE)
+        upstream.clear()
+        self.assertNotEqual(headers.upstream(ALICE), [])
+
+    def test_another_session_gets_its_own_headers(self) -> None:
+        headers = headers_for(set_xauthrequest=True)
+        headers.response(ALICE, tokens=True)
+        bob = attrs.evolve(ALICE, email="bob@example.com")
+        self.assertIn(
+            (b"X-Auth-Request-Email", b"bob@example.com"), headers.response(bob, tokens=True)
+        )
+        self.assertIn((b"X-Forwarded-Email", b"bob@example.com"), headers.upstream(bob))
+
+    def test_preserved_client_values_are_taken_from_each_request(self) -> None:
+        headers = IdentityHeaders.from_rules(
+            [
+                HeaderRule(
+                    name="X-Tenant",
+                    values=(HeaderValue(value="acme"),),
+                    preserve_request_value=True,
+                )
+            ],
+            [],
+        )
+        for client in (b"one", b"two"):
+            incoming = Headers({b"X-Tenant": [client]})
+            self.assertEqual(headers.upstream(ALICE, incoming), [(b"X-Tenant", client + b",acme")])
+
+    def test_the_memos_stay_bounded(self) -> None:
+        headers = headers_for(set_xauthrequest=True)
+        for i in range(12_000):
+            session = attrs.evolve(ALICE, email=f"user{i}@example.com")
+            headers.response(session, tokens=True)
+            headers.upstream(session)
+        self.assertLessEqual(len(headers._responses), 10_000)
+        self.assertLessEqual(len(headers._upstreams), 10_000)
+        incoming = Headers()
+        for i in range(3000):
+            incoming.addRawHeader(f"X-Custom-{i}".encode(), b"v")
+        incoming.addRawHeader(b"X_Forwarded_User", b"mallory")
+        headers.strip_from(incoming)
+        self.assertLessEqual(len(headers._stripped), 1024)
+        names = [name for name, _ in incoming.getAllRawHeaders()]
+        self.assertEqual(len(names), 3000)
+        self.assertTrue(all(name.startswith(b"X-Custom-") for name in names))
