@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -397,6 +398,10 @@ class Result:
     non_2xx: int
     socket_errors: int
     threads: int = 1
+    #: CPU the server (with its children) and wrk used, in cores (CPU s per second): with
+    #: two cores, a sum near 2 means the machine, not oauthgate, was the limit.
+    server_cores: float = 0.0
+    wrk_cores: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -418,6 +423,8 @@ def measure(target: Target, duration: int) -> Result:
     if got != target.status:
         raise RuntimeError(f"{target.name}: expected {target.status}, got {got}")
     before = target.process.cpu_seconds()
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     result = run_wrk(
         f"http://127.0.0.1:{target.port}{target.path}",
         target.headers,
@@ -426,6 +433,11 @@ def measure(target: Target, duration: int) -> Result:
         threads=target.threads,
     )
     cpu = target.process.cpu_seconds() - before
+    elapsed = time.monotonic() - started
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (wrk_after.ru_utime - wrk_before.ru_utime) + (
+        wrk_after.ru_stime - wrk_before.ru_stime
+    )
     target.process.check_alive()
     return Result(
         scenario=target.scenario,
@@ -441,6 +453,8 @@ def measure(target: Target, duration: int) -> Result:
         non_2xx=result.non_2xx,
         socket_errors=result.socket_errors,
         threads=target.threads,
+        server_cores=cpu / elapsed,
+        wrk_cores=wrk_cpu / elapsed,
     )
 
 
@@ -803,9 +817,9 @@ def _with_ratios(results: list[Result]) -> list[Result]:
 def table(results: list[Result]) -> str:
     header = (
         "| # | scenario | c | req/s | p50 ms | p99 ms | CPU s/1k req | peak RSS MiB "
-        "| vs ceiling | vs direct |"
+        "| cores: server + wrk | vs ceiling | vs direct |"
     )
-    lines = [header, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [header, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in results:
         vs_ceiling = f"{r.ratios['ceiling']:.0%}" if "ceiling" in r.ratios else "100%"
         vs_direct = ""
@@ -821,7 +835,7 @@ def table(results: list[Result]) -> str:
         lines.append(
             f"| {r.scenario} | {name} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} "
             f"| {r.p99_ms:.2f} | {r.cpu_s_per_1k:.3f} | {r.peak_rss_mib:.0f} "
-            f"| {vs_ceiling} | {vs_direct} |"
+            f"| {r.server_cores:.2f} + {r.wrk_cores:.2f} | {vs_ceiling} | {vs_direct} |"
         )
     return "\n".join(lines)
 
