@@ -862,6 +862,41 @@ class ConnectionReuseTests(ProxyTestCase):
 
         return run(go())
 
+    def test_a_kept_connection_the_upstream_drops_is_retried_on_a_new_one(
+        self,
+    ) -> Deferred[None]:
+        """The race every keep-alive proxy meets: the upstream closes an idle connection
+        just as the next request goes out on it. A GET is sent again on a new one."""
+
+        class OneAnswerEach(Protocol):
+            # Answers the first request on a connection (keep-alive); when a second one
+            # arrives, closes the connection without answering.
+            answered = False
+
+            def dataReceived(self, data: bytes) -> None:
+                if self.answered:
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    return
+                self.answered = True
+                self.transport.write(  # type: ignore[union-attr]
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                )
+
+        async def go() -> None:
+            factory = self.track(Factory.forProtocol(OneAnswerEach))
+            upstream = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.addCleanup(upstream.stopListening)
+            app = f"http://127.0.0.1:{upstream.getHost().port}"
+            port, cookie = self.gate(upstreams=(f"{app}/",))
+            for _ in range(3):
+                answer = await self.fetch(port, cookie, "GET", "/")
+                self.assertEqual((answer.status, answer.body), (200, b"ok"))
+            # every request after the first found its kept connection dropped and was
+            # answered on a new one
+            self.assertEqual(len([p for p in self.protocols if isinstance(p, OneAnswerEach)]), 3)
+
+        return run(go())
+
 
 class UnixSocketTests(ProxyTestCase):
     def test_a_unix_socket_upstream(self) -> Deferred[None]:
