@@ -52,7 +52,9 @@ from oauthgate.interfaces import IUpstream
 from oauthgate.tls import client_tls_policy
 from oauthgate.upstreams.client import UpstreamClient
 from oauthgate.upstreams.headers import (
+    HOP_BY_HOP,
     add_forwarded_headers,
+    connection_tokens,
     replace_headers,
     strip_hop_by_hop,
 )
@@ -461,7 +463,12 @@ def _copy_response_head(response: IResponse, request: Request) -> None:
     """Status line and end-to-end headers of ``response``; Twisted adds its own framing."""
     request.setResponseCode(response.code, response.phrase)
     headers = request.responseHeaders
-    for name, values in strip_hop_by_hop(response.headers).getAllRawHeaders():
+    source = response.headers
+    tokens = connection_tokens(source)
+    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
+    for name, values in source.getAllRawHeaders():
+        if name.lower() in drop:
+            continue
         if name == b"Set-Cookie":
             # Twisted writes request.cookies over any Set-Cookie header: keep both.
             if request.cookies:
