@@ -181,7 +181,6 @@ class UpstreamClient:
 
     def _connected(self, connection: Any, exchange: _Exchange) -> None:
         exchange.connecting = None
-        connection.taken = True
         if exchange.deferred.called:  # cancelled while connecting
             connection.close()
             return
@@ -376,7 +375,6 @@ class _Connection(Protocol):
     def __init__(self, client: UpstreamClient) -> None:
         self.client = client
         self.exchange: _Exchange | None = None
-        self.taken = False
         self.idle_timer: IDelayedCall | None = None
         self.lost: Deferred[None] = Deferred()
         self._connected = False
@@ -398,10 +396,7 @@ class _Connection(Protocol):
             if self.idle_timer.active():
                 self.idle_timer.cancel()
             self.idle_timer = None
-        if not self._connected:
-            return False
-        self.taken = True
-        return True
+        return self._connected
 
     def close(self) -> Deferred[None]:
         if self._connected and self.transport is not None:
@@ -684,7 +679,6 @@ class _Connection(Protocol):
         self.exchange = None
         self._buffer = b""
         self.resume()
-        self.taken = False
         if reusable:
             self.client.release(self)
         else:
