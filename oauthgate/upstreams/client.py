@@ -32,6 +32,7 @@ import re
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -56,6 +57,7 @@ _MAX_CHUNK_LINE = 4096
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
 _EXPECTS_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -69,13 +71,15 @@ _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 def _head_end(buffer: bytes) -> tuple[int, int]:
     """Where the head in ``buffer`` ends and the length of its blank line: lines end in
     CRLF, or (as many clients accept, and Twisted's did) a bare LF. -1 if not there yet."""
-    crlf = buffer.find(b"\r\n\r\n")
-    lf = buffer.find(b"\n\n", 0, None if crlf < 0 else crlf)
-    if lf >= 0:
-        if buffer[lf - 1 : lf] == b"\r":  # "\r\n\n": CRLF then a bare LF
-            return lf - 1, 3
-        return lf, 2
-    return crlf, 4
+    found = (-1, 0)
+    for blank in (b"\r\n\r\n", b"\n\n", b"\n\r\n"):
+        at = buffer.find(blank)
+        if at >= 0 and (found[0] < 0 or at < found[0]):
+            found = (at, len(blank))
+    at, length = found
+    if length == 2 and buffer[at - 1 : at] == b"\r":  # "\r\n\n": CRLF then a bare LF
+        return at - 1, 3
+    return found if at >= 0 else (-1, 0)
 
 
 class BadResponse(Exception):
@@ -201,8 +205,15 @@ class UpstreamClient:
         if not self.persistent or len(self._idle) >= self.max_idle:
             connection.close()
             return
-        connection.idle_timer = self._clock.callLater(self.idle_timeout, connection.close)
+        connection.idle_timer = self._clock.callLater(self.idle_timeout, self._expire, connection)
         self._idle.append(connection)
+
+    def _expire(self, connection: _Connection) -> None:
+        """``connection`` was idle too long: out of the pool at once, then closed (TLS
+        may take a round trip to close; nothing may be sent on it meanwhile)."""
+        connection.idle_timer = None
+        self.forget(connection)
+        connection.close()
 
     def forget(self, connection: _Connection) -> None:
         """``connection`` is closed: never hand it out again."""
@@ -387,6 +398,7 @@ class _Connection(Protocol):
         self._got_bytes = False
         self._body_sent = True
         self._paused = False
+        self._closing = False
 
     # --- pool side ---------------------------------------------------------------
 
@@ -396,15 +408,17 @@ class _Connection(Protocol):
             if self.idle_timer.active():
                 self.idle_timer.cancel()
             self.idle_timer = None
-        return self._connected
+        return self._connected and not self._closing
 
     def close(self) -> Deferred[None]:
+        self._closing = True
         if self._connected and self.transport is not None:
             self.transport.loseConnection()
         return self.lost
 
     def abort(self) -> None:
         self._reusable = False
+        self._closing = True
         if self._connected and self.transport is not None:
             abort = getattr(self.transport, "abortConnection", None)
             if abort is not None:
@@ -547,7 +561,10 @@ class _Connection(Protocol):
         length: int | None = None
         chunked = False
         other_coding = False
-        close = status.group(1) == b"0"
+        http10 = status.group(1) == b"0"
+        close = False  # the server said close (sticky)
+        keep_alive = False  # an HTTP/1.0 server offered keep-alive
+        coded = False
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not _HEADER_NAME.fullmatch(name):
@@ -562,16 +579,21 @@ class _Connection(Protocol):
                     length = int(part)
                 continue
             if lower == b"transfer-encoding":
+                coded = True
                 codings = [c.strip(b" \t").lower() for c in value.split(b",")]
                 chunked = codings[-1] == b"chunked"
                 other_coding = not chunked
             elif lower == b"connection":
                 tokens = {t.strip(b" \t").lower() for t in value.split(b",")}
-                if b"close" in tokens:
-                    close = True
-                elif b"keep-alive" in tokens and status.group(1) == b"0":
-                    close = False
+                close = close or b"close" in tokens
+                keep_alive = keep_alive or b"keep-alive" in tokens
             headers.addRawHeader(name, value)
+        if http10 and not keep_alive:
+            close = True
+        if coded and (http10 or length is not None):
+            # Framing a recipient must treat as faulty (RFC 9112 6.1, 6.3): read this
+            # response as the encoding says, but never trust the connection again.
+            close = True
         exchange = self.exchange
         assert exchange is not None
         response = _Response(
@@ -621,36 +643,36 @@ class _Connection(Protocol):
     def _chunks(self, data: bytes) -> None:
         response = self._response
         assert response is not None
-        buffer = self._buffer + data
+        buffer = self._buffer + data if self._buffer else data
         self._buffer = b""
-        while buffer:
+        pos, size = 0, len(buffer)
+        while pos < size:
             state = self._chunk_state
             if state == _DATA:
-                piece, buffer = buffer[: self._left], buffer[self._left :]
-                self._left -= len(piece)
-                response.data(piece)
+                end = min(pos + self._left, size)
+                self._left -= end - pos
+                response.data(buffer[pos:end])
+                pos = end
                 if self._left == 0:
                     self._chunk_state = _DATA_END
                 continue
-            end = buffer.find(b"\n")
+            end = buffer.find(b"\n", pos, pos + _MAX_CHUNK_LINE + 1)
             if end < 0:
-                if len(buffer) > _MAX_CHUNK_LINE:
+                if size - pos > _MAX_CHUNK_LINE:
                     self._fail(Failure(BadResponse("chunk line too long")))
                 else:
-                    self._buffer = buffer
+                    self._buffer = buffer[pos:]
                 return
-            line, buffer = buffer[:end], buffer[end + 1 :]
+            line = buffer[pos:end]
+            pos = end + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             if state == _SIZE:
-                size = line.partition(b";")[0].strip(b" \t")
-                try:
-                    if not size or size.startswith((b"-", b"+", b"0x", b"0X")):
-                        raise ValueError
-                    self._left = int(size, 16)
-                except ValueError:
+                digits = line.partition(b";")[0].rstrip(b" \t")
+                if not _CHUNK_SIZE.fullmatch(digits):
                     self._fail(Failure(BadResponse("bad chunk size")))
                     return
+                self._left = int(digits, 16)
                 self._chunk_state = _DATA if self._left else _TRAILER
             elif state == _DATA_END:
                 if line:
@@ -658,7 +680,7 @@ class _Connection(Protocol):
                     return
                 self._chunk_state = _SIZE
             elif not line:  # _TRAILER: an empty line ends the message
-                if buffer:
+                if pos < size:
                     self._reusable = False
                 self._body_end()
                 return
@@ -717,7 +739,9 @@ class _Connection(Protocol):
                     exchange.deferred.errback(reason)
                 else:
                     exchange.deferred.errback(Failure(ResponseNeverReceived([reason])))
-            elif self._framing == _UNTIL_CLOSE:
+            elif self._framing == _UNTIL_CLOSE and reason.check(ConnectionDone):
+                # The body ends with the connection; only a clean close says it is whole
+                # (a reset or a TLS connection cut without close_notify does not).
                 response.end(Failure(PotentialDataLoss()))
             else:
                 response.end(Failure(ResponseFailed([reason])))

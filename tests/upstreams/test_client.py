@@ -185,7 +185,7 @@ class ResponseTests(ClientTestCase):
 
     def test_a_chunked_body_is_decoded_whatever_the_pieces(self) -> None:
         wire = (
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5;ext=1\r\nhello\r\n1A\r\n" + b"z" * 26 + b"\r\n0\r\nTrailer: x\r\n\r\n"
         )
         d = self.get()
@@ -202,6 +202,37 @@ class ResponseTests(ClientTestCase):
         self.get()
         self.assertEqual(len(self.endpoint.connections), 1)
 
+    def test_chunked_wins_over_a_length_but_that_connection_is_not_trusted_again(self) -> None:
+        for head in (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ):
+            with self.subTest(head=head):
+                d = self.get()
+                self.answer(head + b"2\r\nok\r\n0\r\n\r\n")
+                self.assertEqual(self.body(self.successResultOf(d)).data, b"ok")
+                self.assertTrue(self.endpoint.server()[1].disconnecting)
+
+    def test_a_chunk_size_is_hex_digits_only(self) -> None:
+        for size in (b"1_0", b"\x0b5\x0c", b" 5", b"0x5", b"+5", b"12345678901234567"):
+            with self.subTest(size=size):
+                d = self.get()
+                self.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size)
+                self.answer(b"\r\n" + b"z" * 16 + b"\r\n0\r\n\r\n")
+                body = self.body(self.successResultOf(d))
+                assert body.reason is not None
+                self.assertTrue(body.reason.check(ResponseFailed))
+                self.assertTrue(self.endpoint.server()[1].disconnecting)
+
+    def test_many_tiny_chunks_in_one_read(self) -> None:
+        d = self.get()
+        self.answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"1\r\nx\r\n" * 20_000
+            + b"0\r\n\r\n"
+        )
+        self.assertEqual(self.body(self.successResultOf(d)).data, b"x" * 20_000)
+
     def test_without_length_the_body_ends_with_the_connection(self) -> None:
         d = self.get()
         self.answer(b"HTTP/1.1 200 OK\r\n\r\nsome")
@@ -213,6 +244,14 @@ class ResponseTests(ClientTestCase):
         self.assertTrue(body.reason.check(PotentialDataLoss))
         self.get()
         self.assertEqual(len(self.endpoint.connections), 2)
+
+    def test_a_body_without_length_cut_off_by_a_reset_is_not_whole(self) -> None:
+        d = self.get()
+        self.answer(b'HTTP/1.1 200 OK\r\n\r\n{"balance": 10')
+        body = self.body(self.successResultOf(d))
+        self.endpoint.server()[0].connectionLost(Failure(ConnectionLost()))
+        assert body.reason is not None
+        self.assertTrue(body.reason.check(ResponseFailed))
 
     def test_connection_close_and_http_1_0_are_not_reused(self) -> None:
         for head in (
@@ -228,6 +267,13 @@ class ResponseTests(ClientTestCase):
         self.answer(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
         self.successResultOf(d)
         self.assertFalse(self.endpoint.server()[1].disconnecting)
+        d = self.get()  # "close" stays said, whatever follows
+        self.answer(
+            b"HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        self.successResultOf(d)
+        self.assertTrue(self.endpoint.server()[1].disconnecting)
 
     def test_head_204_and_304_have_no_body(self) -> None:
         for method, head in (
@@ -259,6 +305,9 @@ class ResponseTests(ClientTestCase):
         d = self.get()
         self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\n!")
         self.assertEqual(self.body(self.successResultOf(d)).data, b"!")
+        d = self.get()
+        self.answer(b"HTTP/1.1 200 OK\nContent-Length: 2\n\r\nhi")
+        self.assertEqual(self.body(self.successResultOf(d)).data, b"hi")
         self.assertEqual(len(self.endpoint.connections), 1)
 
     def test_interim_responses_are_skipped(self) -> None:
@@ -379,6 +428,17 @@ class ConnectionTests(ClientTestCase):
         self.assertFalse(self.endpoint.server()[1].disconnecting)
         self.clock.advance(1)
         self.assertTrue(self.endpoint.server()[1].disconnecting)
+
+    def test_a_connection_closing_after_its_idle_time_is_never_handed_out(self) -> None:
+        self.finish(self.get())
+        self.sent(0)
+        self.clock.advance(90)  # closing: loseConnection, but not lost yet (TLS: a round trip)
+        self.assertTrue(self.endpoint.server(0)[1].disconnecting)
+        body = FileBodyProducer(io.BytesIO(b"pay"), cooperator=Cooperator(started=False))
+        self.get(b"/pay", method=b"POST", bodyProducer=body)
+        self.assertEqual(len(self.endpoint.connections), 2)
+        self.assertEqual(self.endpoint.server(0)[1].value(), b"")
+        self.assertTrue(self.sent(1).startswith(b"POST /pay HTTP/1.1\r\n"))
 
     def test_at_most_max_idle_connections_are_kept(self) -> None:
         self.client = self.make(max_idle=1)
