@@ -105,6 +105,9 @@ class GateSite(Site):
         protocol = Site.buildProtocol(self, addr)
         channel = getattr(protocol, "_channel", protocol)
         channel.totalHeadersSize = MAX_HEADER_BYTES
+        # Twisted asks the socket for its local address (a getsockname system call) for
+        # every request; a connection's local address never changes.
+        channel.getHost = _remembered(channel.getHost)
         return protocol
 
     def getResourceFor(self, request: Request) -> IResource:
@@ -166,3 +169,15 @@ class GateSite(Site):
             duration=duration,
             log_category="request",
         )
+
+
+def _remembered(get_host: Callable[[], IAddress]) -> Callable[[], IAddress]:
+    """``get_host``, asked once: its first answer is given from then on."""
+    known: list[IAddress] = []
+
+    def remembered() -> IAddress:
+        if not known:
+            known.append(get_host())
+        return known[0]
+
+    return remembered

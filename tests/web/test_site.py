@@ -118,3 +118,31 @@ class FreezeHeapTests(SynchronousTestCase):
         self.assertEqual(gc.get_freeze_count(), 0)
         GateSite(resource, Clock(), freeze_heap=True).doStart()
         self.assertGreater(gc.get_freeze_count(), 0)
+
+
+class LocalAddressTests(SynchronousTestCase):
+    def test_the_local_address_is_asked_once_per_connection(self) -> None:
+        seen: list[object] = []
+
+        class Recording(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Request) -> bytes:
+                seen.append(request.getHost())
+                return b"ok"
+
+        site = GateSite(Recording(), Clock(), enabled=False)
+        asked: list[int] = []
+
+        class Counting(StringTransport):
+            def getHost(self) -> IPv4Address:
+                asked.append(1)
+                return IPv4Address("TCP", "127.0.0.1", 4180 + len(asked))
+
+        protocol = site.buildProtocol(PEER)
+        protocol.makeConnection(Counting(peerAddress=PEER))
+        for _ in range(3):
+            protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        self.assertEqual(len(seen), 3)
+        self.assertEqual(len(asked), 1)
+        self.assertEqual(seen, [IPv4Address("TCP", "127.0.0.1", 4181)] * 3)
