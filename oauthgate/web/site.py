@@ -78,7 +78,8 @@ class GateSite(Site):
         access_log: AccessLog | None = None,
         freeze_heap: bool = False,
     ) -> None:
-        Site.__init__(self, resource)
+        # HTTP timeouts and the cached Date header run on the same clock as the rest.
+        Site.__init__(self, resource, reactor=clock)
         self._freeze_heap = freeze_heap
         self._in_flight = in_flight
         self._clock = clock
