@@ -38,7 +38,7 @@ from oauthgate.providers.entra import (
     EntraIDProviderFactory,
     graph_groups,
 )
-from oauthgate.providers.jwks import fetch
+from oauthgate.providers.jwks import bearer_headers, fetch
 from oauthgate.providers.oidc import Endpoints
 from oauthgate.session import Session
 
@@ -216,10 +216,7 @@ class AzureProvider(EntraIDProvider):
             "GET",
             url,
             what="Microsoft Graph /me",
-            headers={
-                b"Authorization": [b"Bearer " + session.access_token.encode("utf-8")],
-                b"Accept": [b"application/json"],
-            },
+            headers=bearer_headers(session.access_token),
         )
         if result.code != 200:
             raise ProviderError(f"Microsoft Graph /me ({url}) answered HTTP {result.code}")

@@ -31,20 +31,12 @@ import attrs
 
 from oauthgate.config.options import Config
 from oauthgate.errors import ProviderError
-from oauthgate.providers.jwks import fetch
-from oauthgate.providers.oauth2 import OAuth2Provider, OAuth2ProviderFactory
+from oauthgate.providers.oauth2 import MAX_PAGES, OAuth2Provider, OAuth2ProviderFactory
 from oauthgate.session import Session
 
 __all__ = ["DEFAULT_VALIDATE_URL", "MAX_PAGES", "BitbucketProvider", "factory"]
 
 DEFAULT_VALIDATE_URL = "https://api.bitbucket.org/2.0/user/emails"
-MAX_PAGES = 50
-"""Pages of a listing read at most; the rest is ignored (and logged)."""
-
-
-def _same_origin(url: str, base: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme.lower(), a.netloc.lower()) == (b.scheme.lower(), b.netloc.lower())
 
 
 @attrs.define
@@ -101,9 +93,8 @@ class BitbucketProvider(OAuth2Provider):
         Raises ProviderError when the emails or user request fails, or when the
         workspace listing fails while ``bitbucket_team`` depends on it.
         """
-        token = session.access_token
         email = ""
-        for entry in await self._list(self.validate_url, token, "Bitbucket's /2.0/user/emails"):
+        for entry in await self._list(self.validate_url, session, "Bitbucket's /2.0/user/emails"):
             if (
                 entry.get("is_primary") is True
                 and entry.get("is_confirmed") is True
@@ -111,8 +102,8 @@ class BitbucketProvider(OAuth2Provider):
             ):
                 email = entry["email"]
                 break
-        account = await self._get_json(
-            self.api_url + "/2.0/user", token, what="Bitbucket's /2.0/user"
+        _, account = await self.api_get(
+            self.api_url + "/2.0/user", session, what="Bitbucket's /2.0/user"
         )
         user = ""
         if isinstance(account, dict):
@@ -130,7 +121,7 @@ class BitbucketProvider(OAuth2Provider):
                 user=user,
             )
         try:
-            groups = await self._workspaces(token)
+            groups = await self._workspaces(session)
         except ProviderError as e:
             if self._config.bitbucket_team:
                 raise
@@ -143,10 +134,10 @@ class BitbucketProvider(OAuth2Provider):
             groups = ()
         return {"user": user, "email": email, "groups": groups}
 
-    async def _workspaces(self, token: str) -> tuple[str, ...]:
+    async def _workspaces(self, session: Session) -> tuple[str, ...]:
         url = self.api_url + "/2.0/workspaces?" + urlencode({"role": "member", "pagelen": 100})
         slugs = []
-        for workspace in await self._list(url, token, "Bitbucket's /2.0/workspaces"):
+        for workspace in await self._list(url, session, "Bitbucket's /2.0/workspaces"):
             slug = workspace.get("slug")
             if isinstance(slug, str) and slug:
                 slugs.append(slug)
@@ -173,7 +164,7 @@ class BitbucketProvider(OAuth2Provider):
             owner = wanted.split("/", 1)[0]
             query = urlencode({"role": "contributor", "q": f'full_name="{wanted}"', "pagelen": 100})
             url = f"{self.api_url}/2.0/repositories/{quote(owner, safe='')}?{query}"
-            repositories = await self._list(url, session.access_token, "Bitbucket's repositories")
+            repositories = await self._list(url, session, "Bitbucket's repositories")
             return any(
                 isinstance(r.get("full_name"), str) and r["full_name"].lower() == wanted.lower()
                 for r in repositories
@@ -183,50 +174,17 @@ class BitbucketProvider(OAuth2Provider):
 
     # --- API helpers --------------------------------------------------------------------
 
-    async def _get_json(self, url: str, token: str, *, what: str) -> Any:
-        result = await fetch(
-            self._http_client,
-            self._clock,
-            "GET",
-            url,
-            what=what,
-            headers={
-                b"Accept": [b"application/json"],
-                b"Authorization": [b"Bearer " + token.encode("utf-8")],
-            },
-        )
-        if result.code != 200:
-            raise ProviderError(f"{self.id}: {what} ({url}) answered HTTP {result.code}")
-        return result.json(what, url)
-
-    async def _list(self, url: str, token: str, what: str) -> list[Mapping[str, Any]]:
+    async def _list(self, url: str, session: Session, what: str) -> list[Mapping[str, Any]]:
         """Every ``values`` entry of a paged listing, following ``next`` on the API's host."""
-        entries: list[Mapping[str, Any]] = []
-        next_url: str | None = url
-        for _ in range(MAX_PAGES):
-            if next_url is None:
-                return entries
-            page = await self._get_json(next_url, token, what=what)
+
+        async def read_page(page_url: str) -> tuple[list[Any], str | None]:
+            _, page = await self.api_get(page_url, session, what=what)
             if not isinstance(page, dict) or not isinstance(page.get("values"), list):
-                raise ProviderError(f"{self.id}: {what} ({next_url}) did not answer a page")
-            entries.extend(v for v in page["values"] if isinstance(v, dict))
+                raise ProviderError(f"{self.id}: {what} ({page_url}) did not answer a page")
             found = page.get("next")
-            if isinstance(found, str) and found and not _same_origin(found, self.api_url):
-                self.log.warn(
-                    "{provider}: not following a pagination link to another host: {url}",
-                    provider=self.id,
-                    url=found,
-                )
-                found = None
-            next_url = found if isinstance(found, str) and found else None
-        if next_url is not None:
-            self.log.warn(
-                "{provider}: {what} has more than {pages} pages; the rest is not read",
-                provider=self.id,
-                what=what,
-                pages=MAX_PAGES,
-            )
-        return entries
+            return page["values"], found if isinstance(found, str) and found else None
+
+        return await self.paged(url, what, read_page, origin=self.api_url)
 
 
 factory = OAuth2ProviderFactory("bitbucket", BitbucketProvider)

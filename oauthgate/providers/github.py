@@ -27,9 +27,9 @@ refresh: a session lasts until its cookie expires.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -39,6 +39,7 @@ from oauthgate.errors import ProviderError
 from oauthgate.providers.jwks import HTTPClientLike, HTTPResult, fetch
 from oauthgate.providers.oauth2 import (
     ACCESS_RECHECK,
+    MAX_PAGES,
     AccessMemo,
     OAuth2Provider,
     OAuth2ProviderFactory,
@@ -57,9 +58,6 @@ __all__ = [
 ]
 
 DEFAULT_API_URL = "https://api.github.com/"
-MAX_PAGES = 50
-"""Pages of a listing (100 entries each) read at most; the rest is ignored (and logged)."""
-
 _ACCEPT = b"application/vnd.github.v3+json"
 _LINK_ENTRY = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
 _REL = re.compile(r"""rel\s*=\s*"?([^";]*)"?""", re.IGNORECASE)
@@ -87,11 +85,6 @@ def next_link(header: str | None) -> str | None:
             if "next" in rel.lower().split():
                 return match.group(1).strip()
     return None
-
-
-def _same_origin(url: str, base: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme.lower(), a.netloc.lower()) == (b.scheme.lower(), b.netloc.lower())
 
 
 @attrs.define
@@ -303,39 +296,17 @@ class GitHubProvider(OAuth2Provider):
 
     async def _list(self, url: str, token: str, what: str) -> list[Mapping[str, Any]]:
         """Every entry of a paged listing, following ``Link: rel="next"`` on the API's host."""
-        entries: list[Mapping[str, Any]] = []
-        next_url: str | None = url + "?per_page=100"
-        for _ in range(MAX_PAGES):
-            if next_url is None:
-                return entries
+
+        async def read_page(page_url: str) -> tuple[list[Any], str | None]:
             keeper = _HeaderKeeper(self._http_client)
-            result = await self._get(next_url, token, what=what, keeper=keeper)
-            page = self._json(result, next_url, what)
+            result = await self._get(page_url, token, what=what, keeper=keeper)
+            page = self._json(result, page_url, what)
             if not isinstance(page, list):
-                raise ProviderError(f"{self.id}: {what} ({next_url}) did not answer a list")
-            entries.extend(_objects(page))
+                raise ProviderError(f"{self.id}: {what} ({page_url}) did not answer a list")
             link = keeper.headers.getRawHeaders(b"link", [b""])[0] if keeper.headers else b""
-            found = next_link(link.decode("latin-1"))
-            if found is not None and not _same_origin(found, self.api_url):
-                self.log.warn(
-                    "{provider}: not following a pagination link to another host: {url}",
-                    provider=self.id,
-                    url=found,
-                )
-                found = None
-            next_url = found
-        if next_url is not None:
-            self.log.warn(
-                "{provider}: {what} has more than {pages} pages; the rest is not read",
-                provider=self.id,
-                what=what,
-                pages=MAX_PAGES,
-            )
-        return entries
+            return page, next_link(link.decode("latin-1"))
 
-
-def _objects(values: Iterable[Any]) -> list[Mapping[str, Any]]:
-    return [v for v in values if isinstance(v, dict)]
+        return await self.paged(url + "?per_page=100", what, read_page, origin=self.api_url)
 
 
 factory = OAuth2ProviderFactory("github", GitHubProvider)

@@ -36,7 +36,7 @@ from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError, ProviderError, RefreshError, TokenError
 from oauthgate.interfaces import IProviderFactory
 from oauthgate.providers.claims import coerce_groups
-from oauthgate.providers.jwks import fetch
+from oauthgate.providers.jwks import bearer_headers, fetch
 from oauthgate.providers.oidc import (
     OIDCProvider,
     _Discovered,
@@ -262,10 +262,7 @@ class GitLabProvider(OIDCProvider):
             "GET",
             url,
             what="GitLab's userinfo endpoint",
-            headers={
-                b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
-                b"Accept": [b"application/json"],
-            },
+            headers=bearer_headers(access_token),
         )
         if result.code != 200:
             raise ProviderError(f"GitLab's userinfo endpoint ({url}) answered HTTP {result.code}")
@@ -311,10 +308,7 @@ class GitLabProvider(OIDCProvider):
                     "GET",
                     url,
                     what="GitLab's projects API",
-                    headers={
-                        b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
-                        b"Accept": [b"application/json"],
-                    },
+                    headers=bearer_headers(access_token),
                 )
                 info = result.json("GitLab's projects API", url) if result.code == 200 else None
             except ProviderError as e:

@@ -39,7 +39,13 @@ from zope.interface import implementer
 from oauthgate.config.options import Config
 from oauthgate.errors import ConfigError, ProviderError, RefreshError, TokenError
 from oauthgate.interfaces import IProviderFactory
-from oauthgate.providers.jwks import HTTPClientLike, JWKSCache, SingleFlight, fetch
+from oauthgate.providers.jwks import (
+    HTTPClientLike,
+    JWKSCache,
+    SingleFlight,
+    bearer_headers,
+    fetch,
+)
 from oauthgate.providers.oauth2 import OAuth2Provider
 from oauthgate.providers.oidc import LEEWAY, _number, _parse_token_response, _printable
 from oauthgate.session import Session
@@ -231,11 +237,7 @@ class DirectoryCredentials:
             url,
             what="IAM signJwt",
             data=json.dumps({"payload": json.dumps(dict(claims))}).encode("utf-8"),
-            headers={
-                b"Authorization": [b"Bearer " + source_token.encode("utf-8")],
-                b"Content-Type": [b"application/json"],
-                b"Accept": [b"application/json"],
-            },
+            headers={**bearer_headers(source_token), b"Content-Type": [b"application/json"]},
         )
         if result.code != 200:
             raise ProviderError(f"IAM signJwt ({url}) answered HTTP {result.code}")
@@ -310,10 +312,7 @@ class GoogleDirectory:
                 "GET",
                 url,
                 what=f"the Directory API {what}",
-                headers={
-                    b"Authorization": [b"Bearer " + token.encode("utf-8")],
-                    b"Accept": [b"application/json"],
-                },
+                headers=bearer_headers(token),
             )
             if result.code == 401 and attempt == 0:
                 self._credentials.forget()

@@ -28,6 +28,7 @@ __all__ = [
     "HTTPResult",
     "JWKSCache",
     "SingleFlight",
+    "bearer_headers",
     "fetch",
 ]
 
@@ -77,6 +78,14 @@ class HTTPResult:
             raise ProviderError(
                 f"{what} ({url}) answered HTTP {self.code} with a body that is not JSON"
             ) from None
+
+
+def bearer_headers(access_token: str) -> dict[bytes, list[bytes]]:
+    """The headers of an API request with ``access_token``, answered in JSON."""
+    return {
+        b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
+        b"Accept": [b"application/json"],
+    }
 
 
 async def fetch(

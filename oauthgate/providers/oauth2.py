@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -34,6 +34,15 @@ __all__ = ["OAuth2Provider", "OAuth2ProviderFactory"]
 
 ACCESS_RECHECK = 300.0
 """Seconds a repository access decision is reused before the API is asked again."""
+MAX_PAGES = 50
+"""Pages of a listing :meth:`OAuth2Provider.paged` reads at most; the rest is ignored (and
+logged)."""
+
+
+def same_origin(url: str, base: str) -> bool:
+    """Whether ``url`` has the scheme and host (with port) of ``base``."""
+    a, b = urlsplit(url), urlsplit(base)
+    return (a.scheme.lower(), a.netloc.lower()) == (b.scheme.lower(), b.netloc.lower())
 
 
 @attrs.define
@@ -302,6 +311,44 @@ class OAuth2Provider:
         if not result.body:
             return result.code, None
         return result.code, result.json(what, url)
+
+    async def paged(
+        self,
+        url: str,
+        what: str,
+        read_page: Callable[[str], Awaitable[tuple[Iterable[Any], str | None]]],
+        *,
+        origin: str,
+    ) -> list[Mapping[str, Any]]:
+        """Every object entry of a paged listing that starts at ``url``.
+
+        ``read_page(url)`` answers a page's entries and the URL of the next page (None at
+        the last). A next URL off ``origin``'s scheme and host is not followed (the access
+        token would go there), and at most :data:`MAX_PAGES` pages are read; both are
+        logged. ProviderErrors from ``read_page`` pass through."""
+        entries: list[Mapping[str, Any]] = []
+        next_url: str | None = url
+        for _ in range(MAX_PAGES):
+            if next_url is None:
+                return entries
+            values, found = await read_page(next_url)
+            entries.extend(v for v in values if isinstance(v, dict))
+            if found is not None and not same_origin(found, origin):
+                self.log.warn(
+                    "{provider}: not following a pagination link to another host: {url}",
+                    provider=self.id,
+                    url=found,
+                )
+                found = None
+            next_url = found
+        if next_url is not None:
+            self.log.warn(
+                "{provider}: {what} has more than {pages} pages; the rest is not read",
+                provider=self.id,
+                what=what,
+                pages=MAX_PAGES,
+            )
+        return entries
 
     async def token_request(self, form: list[tuple[str, str]]) -> dict[str, Any]:
         """POST ``form`` to the token endpoint with the client's credentials."""

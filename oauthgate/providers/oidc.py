@@ -27,7 +27,14 @@ from oauthgate.errors import ConfigError, ProviderError, RefreshError, TokenErro
 from oauthgate.interfaces import IProvider, IProviderFactory
 from oauthgate.providers.claims import coerce_groups, get_claim
 from oauthgate.providers.client_auth import JWT_BEARER, SigningKey, signing_key_from_config
-from oauthgate.providers.jwks import HTTPClientLike, HTTPResult, JWKSCache, SingleFlight, fetch
+from oauthgate.providers.jwks import (
+    HTTPClientLike,
+    HTTPResult,
+    JWKSCache,
+    SingleFlight,
+    bearer_headers,
+    fetch,
+)
 from oauthgate.session import Session
 
 __all__ = [
@@ -755,10 +762,7 @@ class OIDCProvider:
             "GET",
             url,
             what="the userinfo endpoint",
-            headers={
-                b"Authorization": [b"Bearer " + access_token.encode("utf-8")],
-                b"Accept": [b"application/json"],
-            },
+            headers=bearer_headers(access_token),
         )
         if result.code != 200:
             raise ProviderError(f"the userinfo endpoint ({url}) answered HTTP {result.code}")

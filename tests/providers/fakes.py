@@ -1,5 +1,6 @@
 """Scaffolding shared by the provider tests: a fake OAuth 2.0 API base, a provider builder,
-the "redeem then enrich" login and the "this login fails with a ProviderError" checks.
+the "redeem then enrich" login, the "this login fails with a ProviderError" checks, and the
+set-up of a plain OAuth 2.0 provider's tests (:class:`PlainProvider`, :class:`PlainProviderTests`).
 
 Each provider's test file keeps what is specific to it: the endpoints its fake answers, the
 shape of those answers, and the behaviour it asserts.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 from urllib.parse import parse_qs, parse_qsl
 
 import attrs
@@ -23,6 +24,8 @@ from twisted.web.server import Request
 
 from oauthgate.errors import ProviderError
 from oauthgate.interfaces import IProvider, IProviderFactory
+from oauthgate.plugins import Plugins
+from oauthgate.providers.oauth2 import OAuth2Provider
 from oauthgate.session import Session
 from oauthgate.testing import (
     ByHost,
@@ -43,6 +46,8 @@ OIDC_NONCE = "nonce-oidc"
 T = TypeVar("T")
 P = TypeVar("P")
 E = TypeVar("E", bound=Exception)
+OP = TypeVar("OP", bound=OAuth2Provider)
+A = TypeVar("A", bound="FakeOAuth2API")
 
 
 @attrs.frozen
@@ -216,6 +221,82 @@ def subject(
         break_api=break_all(fakes),
         **more,
     )
+
+
+@attrs.frozen
+class PlainProvider(Generic[OP, A]):
+    """How the tests of a plain OAuth 2.0 provider build it: as ``name`` from ``factory``
+    (a ``kind``), over a ``fake()`` of its API answering at every one of ``hosts``, with
+    ``config`` (cfg keys) besides ``provider``."""
+
+    kind: type[OP]
+    factory: IProviderFactory
+    name: str
+    display_name: str
+    fake: Callable[[], A]
+    hosts: tuple[str, ...]
+    config: Mapping[str, Any]
+    email: str = "alice@example.com"
+    """Whom the fake's ``good-code`` logs in (for the conformance suite)."""
+
+    def build(self, api: A, clock: Clock, **options: Any) -> tuple[OP, MemoryHTTPClient]:
+        """The provider over ``api``, with ``options`` on top of ``config``."""
+        return make_provider(
+            self.kind,
+            self.factory,
+            dict.fromkeys(self.hosts, api),
+            clock,
+            provider=self.name,
+            **{**self.config, **options},
+        )
+
+    def subject(self, clock: Clock) -> ProviderSubject:
+        """The conformance suite's subject, over a fresh fake."""
+        api = self.fake()
+        provider, http = self.build(api, clock)
+        return subject(provider, http, [api], self.email)
+
+
+if TYPE_CHECKING:
+    _Base = GateTestCase
+else:
+
+    class _Base:
+        """At run time the mixin is no TestCase (so importing it collects no tests)."""
+
+
+class PlainProviderTests(_Base, Generic[OP, A]):
+    """Mixin for ``GateTestCase``: ``self.provider`` over ``self.api`` on ``self.clock``
+    (at :data:`T0`), built as ``plain`` says, and the test that it is the entry point's."""
+
+    plain: PlainProvider[OP, A]
+    clock: Clock
+    api: A
+    provider: OP
+    http: MemoryHTTPClient
+
+    def setUp(self) -> None:
+        self.clock = started_clock()
+        self.api = self.plain.fake()
+        self.provider, self.http = self.plain.build(self.api, self.clock)
+
+    def build(self, **options: Any) -> OP:
+        """Another provider over ``self.api``, with ``options`` on top."""
+        return self.plain.build(self.api, self.clock, **options)[0]
+
+    def login(self, code: str = "good-code", provider: OP | None = None) -> Session:
+        """Log in with ``code`` at ``provider`` (``self.provider``)."""
+        return self.get_success(redeem_and_enrich(provider or self.provider, code))
+
+    def test_factory_and_provider_provide_their_interfaces(self) -> None:
+        plain = self.plain
+        self.assert_provides(IProviderFactory, plain.factory)
+        self.assert_provides(IProvider, self.provider)
+        self.assertIsInstance(self.provider, plain.kind)
+        self.assertEqual(
+            (self.provider.id, self.provider.display_name), (plain.name, plain.display_name)
+        )
+        self.assertIs(Plugins.from_entry_points().provider_factory(plain.name), plain.factory)
 
 
 # The OpenID Connect family (Entra ID, Azure, ADFS, Google): a token server issuing signed

@@ -16,20 +16,16 @@ from oauthgate.interfaces import IProvider
 from oauthgate.plugins import Plugins
 from oauthgate.providers.azure import AzureProvider, factory
 from oauthgate.testing import (
-    ByHost,
     ProviderConformance,
     ProviderSubject,
-    memory_http_client,
     provider_config,
 )
-from oauthgate.testing.conformance import NONCE as CONFORMANCE_NONCE
 from tests.providers.fakes import (
     OIDC_NONCE,
     REDIRECT,
     FakeTokenServer,
     FlushingTestCase,
     started_clock,
-    subject,
 )
 from tests.providers.test_entra import (
     CLIENT_ID,
@@ -39,7 +35,9 @@ from tests.providers.test_entra import (
     TENANT,
     FakeGraph,
     graph_group,
+    microsoft_http,
     microsoft_server,
+    microsoft_subject,
 )
 
 T = TypeVar("T")
@@ -91,10 +89,7 @@ class AzureTestCase(FlushingTestCase):
         self.graph = FakeGraph(
             self.server, me={"mail": None, "userPrincipalName": "alice@contoso.com"}
         )
-        self.http = memory_http_client(
-            ByHost({"login.microsoftonline.com": self.server, "graph.microsoft.com": self.graph}),
-            clock=self.clock,
-        )
+        self.http = microsoft_http(self.clock, self.server, self.graph)
 
     def provider(self, **changes: Any) -> AzureProvider:
         if self.v2:
@@ -233,18 +228,4 @@ class V2Tests(AzureTestCase):
 
 class AzureConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
-        server = v1_server(clock)
-        graph = FakeGraph(server)
-        http = memory_http_client(
-            ByHost({"login.microsoftonline.com": server, "graph.microsoft.com": graph}),
-            clock=clock,
-        )
-
-        return subject(
-            factory.build(azure_config(), http, clock),
-            http,
-            [server, graph],
-            "alice@contoso.com",
-            code=server.issue_code(CONFORMANCE_NONCE),
-            refreshes=True,
-        )
+        return microsoft_subject(clock, v1_server(clock), factory, azure_config())

@@ -11,22 +11,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
 from oauthgate.errors import ProviderError, TokenError
-from oauthgate.interfaces import IProvider, IProviderFactory
-from oauthgate.plugins import Plugins
 from oauthgate.providers.digitalocean import DigitalOceanProvider, factory
-from oauthgate.session import Session
-from oauthgate.testing import GateTestCase, MemoryHTTPClient, ProviderConformance, ProviderSubject
+from oauthgate.testing import GateTestCase, ProviderConformance, ProviderSubject
 from tests.providers.fakes import (
     REDIRECT,
     T0,
     Call,
     FakeOAuth2API,
+    PlainProvider,
+    PlainProviderTests,
     code_error,
     enrich_error,
-    make_provider,
-    redeem_and_enrich,
-    started_clock,
-    subject,
     token_error,
 )
 
@@ -108,39 +103,20 @@ class FakeDigitalOcean(FakeOAuth2API):
         ).encode()
 
 
-def build(
-    api: FakeDigitalOcean, clock: Clock, **options: Any
-) -> tuple[DigitalOceanProvider, MemoryHTTPClient]:
-    return make_provider(
-        DigitalOceanProvider,
-        factory,
-        {"cloud.digitalocean.com": api, "api.digitalocean.com": api},
-        clock,
-        provider="digitalocean",
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        **options,
-    )
+PLAIN = PlainProvider(
+    kind=DigitalOceanProvider,
+    factory=factory,
+    name="digitalocean",
+    display_name="DigitalOcean",
+    fake=FakeDigitalOcean,
+    hosts=("cloud.digitalocean.com", "api.digitalocean.com"),
+    config={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+    email="sammy@example.com",
+)
 
 
-class DigitalOceanTests(GateTestCase):
-    def setUp(self) -> None:
-        self.clock = started_clock()
-        self.api = FakeDigitalOcean()
-        self.provider, self.http = build(self.api, self.clock)
-
-    def login(
-        self, code: str = "good-code", provider: DigitalOceanProvider | None = None
-    ) -> Session:
-        return self.get_success(redeem_and_enrich(provider or self.provider, code))
-
-    def test_factory_and_provider_provide_their_interfaces(self) -> None:
-        self.assert_provides(IProviderFactory, factory)
-        self.assert_provides(IProvider, self.provider)
-        self.assertEqual(
-            (self.provider.id, self.provider.display_name), ("digitalocean", "DigitalOcean")
-        )
-        self.assertIs(Plugins.from_entry_points().provider_factory("digitalocean"), factory)
+class DigitalOceanTests(PlainProviderTests[DigitalOceanProvider, FakeDigitalOcean], GateTestCase):
+    plain = PLAIN
 
     def test_login_url_is_digitaloceans_with_the_read_scope(self) -> None:
         url = self.get_success(self.provider.authorize_url("st", "n", None, None, REDIRECT, []))
@@ -164,9 +140,7 @@ class DigitalOceanTests(GateTestCase):
         )
 
     def test_a_configured_profile_url_is_used(self) -> None:
-        provider, _ = build(
-            self.api, self.clock, profile_url="https://api.digitalocean.com/v2/account?x=1"
-        )
+        provider = self.build(profile_url="https://api.digitalocean.com/v2/account?x=1")
         self.assertEqual(self.login(provider=provider).email, "sammy@example.com")
 
     def test_an_unverified_email_is_refused(self) -> None:
@@ -175,7 +149,7 @@ class DigitalOceanTests(GateTestCase):
         self.assertIn("not verified", str(e))
 
     def test_an_unverified_email_passes_with_the_insecure_option(self) -> None:
-        provider, _ = build(self.api, self.clock, insecure_oidc_allow_unverified_email=True)
+        provider = self.build(insecure_oidc_allow_unverified_email=True)
         self.api.codes["new"] = "newbie"
         self.assertEqual(self.login("new", provider).email, "newbie@example.com")
 
@@ -199,6 +173,4 @@ class DigitalOceanTests(GateTestCase):
 
 class DigitalOceanConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
-        api = FakeDigitalOcean()
-        provider, http = build(api, clock)
-        return subject(provider, http, [api], "sammy@example.com", refreshes=False)
+        return PLAIN.subject(clock)

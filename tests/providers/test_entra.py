@@ -33,6 +33,7 @@ from oauthgate.providers.entra import (
 )
 from oauthgate.testing import (
     ByHost,
+    MemoryHTTPClient,
     ProviderConformance,
     ProviderSubject,
     memory_http_client,
@@ -151,6 +152,29 @@ def microsoft_server(clock: Clock, tenant: str = TENANT, **claims: Any) -> FakeT
     return server
 
 
+def microsoft_http(clock: Clock, server: Resource, graph: Resource) -> MemoryHTTPClient:
+    """The memory client: login.microsoftonline.com is ``server``, graph.microsoft.com ``graph``."""
+    return memory_http_client(
+        ByHost({"login.microsoftonline.com": server, "graph.microsoft.com": graph}), clock=clock
+    )
+
+
+def microsoft_subject(
+    clock: Clock, server: FakeTokenServer, factory: IProviderFactory, config: Config
+) -> ProviderSubject:
+    """The conformance suite's subject: ``factory``'s provider over ``server`` and a Graph."""
+    graph = FakeGraph(server)
+    http = microsoft_http(clock, server, graph)
+    return subject(
+        factory.build(config, http, clock),
+        http,
+        [server, graph],
+        "alice@contoso.com",
+        code=server.issue_code(CONFORMANCE_NONCE),
+        refreshes=True,
+    )
+
+
 def entra_config(tenant: str = TENANT, **changes: Any) -> Config:
     options: dict[str, Any] = {
         "provider": "entra-id",
@@ -168,10 +192,7 @@ class EntraTestCase(FlushingTestCase):
         self.clock = started_clock()
         self.server = microsoft_server(self.clock, self.tenant)
         self.graph = FakeGraph(self.server)
-        self.http = memory_http_client(
-            ByHost({"login.microsoftonline.com": self.server, "graph.microsoft.com": self.graph}),
-            clock=self.clock,
-        )
+        self.http = microsoft_http(self.clock, self.server, self.graph)
 
     def provider(self, **changes: Any) -> EntraIDProvider:
         built = factory.build(entra_config(self.tenant, **changes), self.http, self.clock)
@@ -412,18 +433,4 @@ class FederatedTokenTests(EntraTestCase):
 
 class EntraConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
-        server = microsoft_server(clock)
-        graph = FakeGraph(server)
-        http = memory_http_client(
-            ByHost({"login.microsoftonline.com": server, "graph.microsoft.com": graph}),
-            clock=clock,
-        )
-
-        return subject(
-            factory.build(entra_config(), http, clock),
-            http,
-            [server, graph],
-            "alice@contoso.com",
-            code=server.issue_code(CONFORMANCE_NONCE),
-            refreshes=True,
-        )
+        return microsoft_subject(clock, microsoft_server(clock), factory, entra_config())

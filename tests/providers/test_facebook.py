@@ -10,22 +10,18 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
-from oauthgate.interfaces import IProvider, IProviderFactory
-from oauthgate.plugins import Plugins
 from oauthgate.providers.facebook import FacebookProvider, factory
 from oauthgate.session import Session
-from oauthgate.testing import GateTestCase, MemoryHTTPClient, ProviderConformance, ProviderSubject
+from oauthgate.testing import GateTestCase, ProviderConformance, ProviderSubject
 from tests.providers.fakes import (
     REDIRECT,
     T0,
     Call,
     FakeOAuth2API,
+    PlainProvider,
+    PlainProviderTests,
     code_error,
     enrich_error,
-    make_provider,
-    redeem_and_enrich,
-    started_clock,
-    subject,
     token_error,
 )
 
@@ -80,38 +76,19 @@ class FakeGraphAPI(FakeOAuth2API):
         return json.dumps({k: profile[k] for k in ["id", *fields] if k in profile}).encode()
 
 
-def build(
-    api: FakeGraphAPI, clock: Clock, **options: Any
-) -> tuple[FacebookProvider, MemoryHTTPClient]:
-    return make_provider(
-        FacebookProvider,
-        factory,
-        {"graph.facebook.com": api},
-        clock,
-        provider="facebook",
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        **options,
-    )
+PLAIN = PlainProvider(
+    kind=FacebookProvider,
+    factory=factory,
+    name="facebook",
+    display_name="Facebook",
+    fake=FakeGraphAPI,
+    hosts=("graph.facebook.com",),
+    config={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+)
 
 
-class FacebookTests(GateTestCase):
-    def setUp(self) -> None:
-        self.clock = started_clock()
-        self.api = FakeGraphAPI()
-        self.provider, self.http = build(self.api, self.clock)
-
-    def login(self, code: str = "good-code") -> Session:
-        return self.get_success(redeem_and_enrich(self.provider, code))
-
-    def test_factory_and_provider_provide_their_interfaces(self) -> None:
-        self.assert_provides(IProviderFactory, factory)
-        self.assert_provides(IProvider, self.provider)
-        self.assertIsInstance(self.provider, FacebookProvider)
-        self.assertEqual((self.provider.id, self.provider.display_name), ("facebook", "Facebook"))
-
-    def test_the_installed_entry_point_finds_the_factory(self) -> None:
-        self.assertIs(Plugins.from_entry_points().provider_factory("facebook"), factory)
+class FacebookTests(PlainProviderTests[FacebookProvider, FakeGraphAPI], GateTestCase):
+    plain = PLAIN
 
     def test_login_url_is_facebooks_dialog_with_its_default_scope(self) -> None:
         url = self.get_success(self.provider.authorize_url("st", "n", None, None, REDIRECT, []))
@@ -126,7 +103,7 @@ class FacebookTests(GateTestCase):
         self.assertEqual(query["state"], ["st"])
 
     def test_configured_urls_and_scope_replace_the_defaults(self) -> None:
-        provider, _ = build(self.api, self.clock, login_url="https://fb.test/dialog", scope="email")
+        provider = self.build(login_url="https://fb.test/dialog", scope="email")
         url = self.get_success(provider.authorize_url("st", "n", None, None, REDIRECT, []))
         self.assertTrue(url.startswith("https://fb.test/dialog?"))
         self.assertEqual(parse_qs(urlsplit(url).query)["scope"], ["email"])
@@ -184,6 +161,4 @@ class FacebookTests(GateTestCase):
 
 class FacebookConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
-        api = FakeGraphAPI()
-        provider, http = build(api, clock)
-        return subject(provider, http, [api], "alice@example.com", refreshes=False)
+        return PLAIN.subject(clock)

@@ -12,13 +12,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
 from oauthgate.errors import ConfigError, TokenError
-from oauthgate.interfaces import IProvider, IProviderFactory
 from oauthgate.plugins import Plugins
 from oauthgate.providers.keycloak_legacy import KeycloakProvider, factory
 from oauthgate.session import Session
 from oauthgate.testing import (
     GateTestCase,
-    MemoryHTTPClient,
     ProviderConformance,
     ProviderSubject,
     provider_config,
@@ -28,12 +26,10 @@ from tests.providers.fakes import (
     T0,
     Call,
     FakeOAuth2API,
+    PlainProvider,
+    PlainProviderTests,
     code_error,
     enrich_error,
-    make_provider,
-    redeem_and_enrich,
-    started_clock,
-    subject,
     token_error,
 )
 
@@ -105,35 +101,19 @@ class FakeKeycloakRealm(FakeOAuth2API):
         return super().answer(request, call)
 
 
-def build(
-    api: FakeKeycloakRealm, clock: Clock, **options: Any
-) -> tuple[KeycloakProvider, MemoryHTTPClient]:
-    return make_provider(
-        KeycloakProvider,
-        factory,
-        {"kc.test": api},
-        clock,
-        provider="keycloak",
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        **{**URLS, **options},
-    )
+PLAIN = PlainProvider(
+    kind=KeycloakProvider,
+    factory=factory,
+    name="keycloak",
+    display_name="Keycloak",
+    fake=FakeKeycloakRealm,
+    hosts=("kc.test",),
+    config={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **URLS},
+)
 
 
-class KeycloakLegacyTests(GateTestCase):
-    def setUp(self) -> None:
-        self.clock = started_clock()
-        self.api = FakeKeycloakRealm()
-        self.provider, self.http = build(self.api, self.clock)
-
-    def login(self, code: str = "good-code", provider: KeycloakProvider | None = None) -> Session:
-        return self.get_success(redeem_and_enrich(provider or self.provider, code))
-
-    def test_factory_and_provider_provide_their_interfaces(self) -> None:
-        self.assert_provides(IProviderFactory, factory)
-        self.assert_provides(IProvider, self.provider)
-        self.assertIsInstance(self.provider, KeycloakProvider)
-        self.assertEqual((self.provider.id, self.provider.display_name), ("keycloak", "Keycloak"))
+class KeycloakLegacyTests(PlainProviderTests[KeycloakProvider, FakeKeycloakRealm], GateTestCase):
+    plain = PLAIN
 
     def test_the_entry_point_keycloak_is_this_provider_not_keycloak_oidc(self) -> None:
         plugins = Plugins.from_entry_points()
@@ -171,7 +151,7 @@ class KeycloakLegacyTests(GateTestCase):
 
     def test_a_user_field_wins_over_the_subject(self) -> None:
         self.api.codes["b"] = "bob"
-        provider, _ = build(self.api, self.clock, insecure_oidc_allow_unverified_email=True)
+        provider = self.build(insecure_oidc_allow_unverified_email=True)
         self.assertEqual(self.login("b", provider).user, "bob-the-user")
 
     def test_an_unverified_email_is_refused(self) -> None:
@@ -179,7 +159,7 @@ class KeycloakLegacyTests(GateTestCase):
         enrich_error(self, self.provider, "b", TokenError)
 
     def test_keycloak_group_admits_members_only(self) -> None:
-        provider, _ = build(self.api, self.clock, keycloak_groups=("/ops", "/admins"))
+        provider = self.build(keycloak_groups=("/ops", "/admins"))
         session = self.login(provider=provider)
         self.assertTrue(self.get_success(provider.authorize(session)))
         outsider = Session(email="eve@example.com", groups=("/staff", "admins"))
@@ -200,6 +180,4 @@ class KeycloakLegacyTests(GateTestCase):
 
 class KeycloakLegacyConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
-        api = FakeKeycloakRealm()
-        provider, http = build(api, clock)
-        return subject(provider, http, [api], "alice@example.com")
+        return PLAIN.subject(clock)

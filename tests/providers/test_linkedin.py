@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
-from oauthgate.interfaces import IProvider, IProviderFactory
-from oauthgate.plugins import Plugins
 from oauthgate.providers.linkedin import LinkedInProvider, factory
 from oauthgate.session import Session
-from oauthgate.testing import GateTestCase, MemoryHTTPClient, ProviderConformance, ProviderSubject
+from oauthgate.testing import GateTestCase, ProviderConformance, ProviderSubject
 from tests.providers.fakes import (
     REDIRECT,
     T0,
     Call,
     FakeOAuth2API,
+    PlainProvider,
+    PlainProviderTests,
     code_error,
     enrich_error,
-    make_provider,
-    redeem_and_enrich,
-    started_clock,
-    subject,
     token_error,
 )
 
@@ -79,35 +74,19 @@ class FakeLinkedIn(FakeOAuth2API):
         return super().answer(request, call)
 
 
-def build(
-    api: FakeLinkedIn, clock: Clock, **options: Any
-) -> tuple[LinkedInProvider, MemoryHTTPClient]:
-    return make_provider(
-        LinkedInProvider,
-        factory,
-        {"www.linkedin.com": api, "api.linkedin.com": api},
-        clock,
-        provider="linkedin",
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        **options,
-    )
+PLAIN = PlainProvider(
+    kind=LinkedInProvider,
+    factory=factory,
+    name="linkedin",
+    display_name="LinkedIn",
+    fake=FakeLinkedIn,
+    hosts=("www.linkedin.com", "api.linkedin.com"),
+    config={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+)
 
 
-class LinkedInTests(GateTestCase):
-    def setUp(self) -> None:
-        self.clock = started_clock()
-        self.api = FakeLinkedIn()
-        self.provider, self.http = build(self.api, self.clock)
-
-    def login(self, code: str = "good-code") -> Session:
-        return self.get_success(redeem_and_enrich(self.provider, code))
-
-    def test_factory_and_provider_provide_their_interfaces(self) -> None:
-        self.assert_provides(IProviderFactory, factory)
-        self.assert_provides(IProvider, self.provider)
-        self.assertEqual((self.provider.id, self.provider.display_name), ("linkedin", "LinkedIn"))
-        self.assertIs(Plugins.from_entry_points().provider_factory("linkedin"), factory)
+class LinkedInTests(PlainProviderTests[LinkedInProvider, FakeLinkedIn], GateTestCase):
+    plain = PLAIN
 
     def test_login_url_is_linkedins_with_its_default_scope(self) -> None:
         url = self.get_success(self.provider.authorize_url("st", "n", None, None, REDIRECT, []))
@@ -144,6 +123,4 @@ class LinkedInTests(GateTestCase):
 
 class LinkedInConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
-        api = FakeLinkedIn()
-        provider, http = build(api, clock)
-        return subject(provider, http, [api], "alice@example.com")
+        return PLAIN.subject(clock)

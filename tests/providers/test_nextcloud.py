@@ -12,13 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
 from oauthgate.errors import ConfigError
-from oauthgate.interfaces import IProvider, IProviderFactory
-from oauthgate.plugins import Plugins
 from oauthgate.providers.nextcloud import NextcloudProvider, factory
-from oauthgate.session import Session
 from oauthgate.testing import (
     GateTestCase,
-    MemoryHTTPClient,
     ProviderConformance,
     ProviderSubject,
     provider_config,
@@ -28,12 +24,10 @@ from tests.providers.fakes import (
     T0,
     Call,
     FakeOAuth2API,
+    PlainProvider,
+    PlainProviderTests,
     code_error,
     enrich_error,
-    make_provider,
-    redeem_and_enrich,
-    started_clock,
-    subject,
     token_error,
 )
 
@@ -114,35 +108,19 @@ class FakeNextcloud(FakeOAuth2API):
         return ocs(self.users[user])
 
 
-def build(
-    api: FakeNextcloud, clock: Clock, **options: Any
-) -> tuple[NextcloudProvider, MemoryHTTPClient]:
-    return make_provider(
-        NextcloudProvider,
-        factory,
-        {"cloud.test": api},
-        clock,
-        provider="nextcloud",
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        **{**URLS, **options},
-    )
+PLAIN = PlainProvider(
+    kind=NextcloudProvider,
+    factory=factory,
+    name="nextcloud",
+    display_name="Nextcloud",
+    fake=FakeNextcloud,
+    hosts=("cloud.test",),
+    config={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **URLS},
+)
 
 
-class NextcloudTests(GateTestCase):
-    def setUp(self) -> None:
-        self.clock = started_clock()
-        self.api = FakeNextcloud()
-        self.provider, self.http = build(self.api, self.clock)
-
-    def login(self, provider: NextcloudProvider | None = None) -> Session:
-        return self.get_success(redeem_and_enrich(provider or self.provider))
-
-    def test_factory_and_provider_provide_their_interfaces(self) -> None:
-        self.assert_provides(IProviderFactory, factory)
-        self.assert_provides(IProvider, self.provider)
-        self.assertEqual((self.provider.id, self.provider.display_name), ("nextcloud", "Nextcloud"))
-        self.assertIs(Plugins.from_entry_points().provider_factory("nextcloud"), factory)
+class NextcloudTests(PlainProviderTests[NextcloudProvider, FakeNextcloud], GateTestCase):
+    plain = PLAIN
 
     def test_every_url_must_be_configured(self) -> None:
         config = provider_config(provider="nextcloud", client_id=CLIENT_ID)
@@ -171,13 +149,10 @@ class NextcloudTests(GateTestCase):
         self.assertEqual(call.headers[b"Ocs-Apirequest"], [b"true"])
 
     def test_email_and_groups_claims_can_name_other_ocs_fields(self) -> None:
-        provider, _ = build(
-            self.api,
-            self.clock,
-            oidc_email_claim="ocs.data.backup_email",
-            oidc_groups_claim="ocs.data.team",
+        provider = self.build(
+            oidc_email_claim="ocs.data.backup_email", oidc_groups_claim="ocs.data.team"
         )
-        session = self.login(provider)
+        session = self.login(provider=provider)
         self.assertEqual((session.email, session.groups), ("alice@home.example", ("blue",)))
 
     def test_an_ocs_failure_status_is_a_provider_error(self) -> None:
@@ -202,6 +177,4 @@ class NextcloudTests(GateTestCase):
 
 class NextcloudConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
-        api = FakeNextcloud()
-        provider, http = build(api, clock)
-        return subject(provider, http, [api], "alice@example.com")
+        return PLAIN.subject(clock)

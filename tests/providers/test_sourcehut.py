@@ -11,20 +11,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 
 from oauthgate.errors import ProviderError
-from oauthgate.interfaces import IProvider, IProviderFactory
-from oauthgate.plugins import Plugins
 from oauthgate.providers.sourcehut import QUERY, SourceHutProvider, factory
 from oauthgate.session import Session
-from oauthgate.testing import GateTestCase, MemoryHTTPClient, ProviderConformance, ProviderSubject
+from oauthgate.testing import GateTestCase, ProviderConformance, ProviderSubject
 from tests.providers.fakes import (
     REDIRECT,
     Call,
     FakeOAuth2API,
+    PlainProvider,
+    PlainProviderTests,
     enrich_error,
-    make_provider,
-    redeem_and_enrich,
-    started_clock,
-    subject,
     token_error,
 )
 
@@ -75,35 +71,19 @@ class FakeMetaSrHt(FakeOAuth2API):
         return super().answer(request, call)
 
 
-def build(
-    api: FakeMetaSrHt, clock: Clock, **options: Any
-) -> tuple[SourceHutProvider, MemoryHTTPClient]:
-    return make_provider(
-        SourceHutProvider,
-        factory,
-        {"meta.sr.ht": api},
-        clock,
-        provider="sourcehut",
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        **options,
-    )
+PLAIN = PlainProvider(
+    kind=SourceHutProvider,
+    factory=factory,
+    name="sourcehut",
+    display_name="SourceHut",
+    fake=FakeMetaSrHt,
+    hosts=("meta.sr.ht",),
+    config={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+)
 
 
-class SourceHutTests(GateTestCase):
-    def setUp(self) -> None:
-        self.clock = started_clock()
-        self.api = FakeMetaSrHt()
-        self.provider, self.http = build(self.api, self.clock)
-
-    def login(self) -> Session:
-        return self.get_success(redeem_and_enrich(self.provider))
-
-    def test_factory_and_provider_provide_their_interfaces(self) -> None:
-        self.assert_provides(IProviderFactory, factory)
-        self.assert_provides(IProvider, self.provider)
-        self.assertEqual((self.provider.id, self.provider.display_name), ("sourcehut", "SourceHut"))
-        self.assertIs(Plugins.from_entry_points().provider_factory("sourcehut"), factory)
+class SourceHutTests(PlainProviderTests[SourceHutProvider, FakeMetaSrHt], GateTestCase):
+    plain = PLAIN
 
     def test_login_url_is_meta_sr_ht_with_the_profile_scope(self) -> None:
         url = self.get_success(self.provider.authorize_url("st", "n", None, None, REDIRECT, []))
@@ -149,6 +129,4 @@ class SourceHutTests(GateTestCase):
 
 class SourceHutConformanceTests(ProviderConformance, SynchronousTestCase):
     def make_subject(self, clock: Clock) -> ProviderSubject:
-        api = FakeMetaSrHt()
-        provider, http = build(api, clock)
-        return subject(provider, http, [api], "alice@example.com")
+        return PLAIN.subject(clock)
