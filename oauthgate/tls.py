@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import cast
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -31,7 +31,11 @@ def client_tls_policy(
         certs = []
         for path in ca_files:
             with open(path, "rb") as f:
-                certs.append(ssl.Certificate.loadPEM(f.read()))
+                pem = f.read()
+            try:
+                certs.append(ssl.Certificate.loadPEM(pem))
+            except crypto.Error:
+                raise ValueError(f"{path!r} is not a PEM CA certificate") from None
         return cast(
             IPolicyForHTTPS,
             BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certs)),

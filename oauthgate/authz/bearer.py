@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from oauthgate.authz.htpasswd import parse_basic
 from oauthgate.errors import ConfigError, ProviderError, TokenError
+from oauthgate.memo import Memo
 from oauthgate.providers.claims import coerce_groups, get_claim
 from oauthgate.providers.jwks import HTTPClientLike, JWKSCache, SingleFlight, fetch
 from oauthgate.providers.oidc import LEEWAY
@@ -326,8 +327,8 @@ class BearerVerifier:
         self._leeway = leeway
         self._provider_id = provider_id
         # sha256(token) -> (exp, session): a token already verified is not verified again
-        # (PyJWT costs more than the RSA check itself) until it expires. Bounded.
-        self._verified: dict[bytes, tuple[float, Session]] = {}
+        # (PyJWT costs more than the RSA check itself) until it expires.
+        self._verified: Memo[bytes, tuple[float, Session]] = Memo(VERIFIED_CACHE_SIZE)
         client = cast(HTTPClientLike, http_client)  # treq's typed HTTPClient is one
         self._issuers: dict[str, _Issuer] = {}
         for trusted in issuers:
@@ -403,7 +404,7 @@ class BearerVerifier:
         if hit is not None:
             if self._clock.seconds() <= hit[0] + self._leeway:
                 return hit[1]
-            del self._verified[digest]  # expired: the full check below says so
+            self._verified.pop(digest)  # expired: the full check below says so
         header, unverified = _unverified(token)
         iss = unverified.get("iss")
         issuer = self._issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
@@ -443,9 +444,7 @@ class BearerVerifier:
             session = attrs.evolve(session, groups=tuple(dict.fromkeys((*session.groups, *extra))))
         exp = _seconds(unverified.get("exp"))
         if exp is not None:
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                del self._verified[next(iter(self._verified))]  # the oldest entry
-            self._verified[digest] = (exp, session)
+            self._verified.put(digest, (exp, session))
         return session
 
     def _check(self, claims: Mapping[str, Any], issuer: _Issuer) -> None:

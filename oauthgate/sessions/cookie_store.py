@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
@@ -15,14 +14,9 @@ from oauthgate.interfaces import ISessionStore
 from oauthgate.memo import MAX_ENTRIES, Memo, session_weight
 from oauthgate.session import Session
 from oauthgate.sessions.crypto import Sealer, is_fresh
-from oauthgate.sessions.encoding import decode_session, encode_session
+from oauthgate.sessions.encoding import decode_logged, encode_session, fingerprint, open_logged
 
 __all__ = ["CookieSessionStore"]
-
-
-def _fingerprint(value: str) -> str:
-    """A short, non-reversible tag to correlate log lines about one cookie value."""
-    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 class _RefreshLock(AbstractAsyncContextManager[None]):
@@ -105,23 +99,17 @@ class CookieSessionStore:
         if known is not None and is_fresh(known[0], self._lifetime, now):
             return known[1]
         # Not seen, or too old now: the full check (which refuses and logs an old value).
-        opened = self._sealer.open_dated(value, self._purpose, self._lifetime, now)
+        opened = open_logged(self._sealer, value, self._purpose, self._lifetime, now, self.log)
         if opened is None:
-            self.log.warn(
-                "Session cookie {fingerprint} does not open (expired, tampered or "
-                "sealed under another secret)",
-                fingerprint=_fingerprint(value),
-            )
             return None
         issued_at, plain = opened
-        try:
-            session = decode_session(plain)
-        except (ValueError, TypeError, RecursionError) as e:
-            self.log.warn(
-                "Session cookie {fingerprint} opened but is malformed: {reason}",
-                fingerprint=_fingerprint(value),
-                reason=type(e).__name__,
-            )
+        session = decode_logged(
+            plain,
+            self.log,
+            "Session cookie {fingerprint} opened but is malformed: {reason}",
+            fingerprint(value),
+        )
+        if session is None:
             return None
         # Session is frozen: sharing it between requests is safe.
         self._memo.put(value, (issued_at, session), len(value) + session_weight(session))

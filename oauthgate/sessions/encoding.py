@@ -1,14 +1,26 @@
-"""How a session becomes the plaintext a store seals, and back (shared by every store)."""
+"""How a session becomes the plaintext a store seals, and back, and the log lines of a
+cookie value that does not open or decode (shared by every store)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from typing import Any
 
-from oauthgate.session import Session
+from twisted.logger import Logger
 
-__all__ = ["decode_session", "encode_session"]
+from oauthgate.session import Session
+from oauthgate.sessions.crypto import Sealer
+
+__all__ = [
+    "decode_logged",
+    "decode_session",
+    "encode_session",
+    "fingerprint",
+    "log_unopened",
+    "open_logged",
+]
 
 # Plaintext layout: one marker byte, then the JSON of Session.to_dict(), raw or deflated.
 #
@@ -50,3 +62,38 @@ def decode_session(plain: bytes) -> Session:
         raise ValueError("unknown session encoding")
     data: Any = json.loads(plain)
     return Session.from_dict(data)
+
+
+def fingerprint(value: str) -> str:
+    """A short, non-reversible tag to correlate log lines about one cookie value."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def open_logged(
+    sealer: Sealer, value: str, purpose: str, max_age: float, now: float, log: Logger
+) -> tuple[int, bytes] | None:
+    """:meth:`Sealer.open_dated` of a session cookie ``value``; a value that does not open
+    is logged (a warning naming its :func:`fingerprint`, never the value)."""
+    opened = sealer.open_dated(value, purpose, max_age, now)
+    if opened is None:
+        log_unopened(value, log)
+    return opened
+
+
+def log_unopened(value: str, log: Logger) -> None:
+    """The warning of :func:`open_logged` for ``value``."""
+    log.warn(
+        "Session cookie {fingerprint} does not open (expired, tampered or sealed "
+        "under another secret)",
+        fingerprint=fingerprint(value),
+    )
+
+
+def decode_logged(plain: bytes, log: Logger, message: str, tag: str) -> Session | None:
+    """:func:`decode_session`, or None after a warning ``message`` (with ``tag`` as
+    ``{fingerprint}`` and the error's type as ``{reason}``)."""
+    try:
+        return decode_session(plain)
+    except (ValueError, TypeError, RecursionError) as e:
+        log.warn(message, fingerprint=tag, reason=type(e).__name__)
+        return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from oauthgate.errors import StoreUnavailable
@@ -43,6 +44,8 @@ __all__ = [
     "ReplyError",
     "SingleServerClient",
     "client_from_config",
+    "close_all",
+    "idle_loop",
     "parse_url",
     "redis_problems",
 ]
@@ -221,6 +224,11 @@ def redis_problems(config: Config) -> list[str]:
     path = config.redis_ca_path
     if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
         problems.append(f"redis_ca_path: {path!r} does not exist or is not a readable file")
+    elif path:
+        try:
+            client_tls_policy(ca_files=(path,))
+        except (OSError, ValueError) as e:
+            problems.append(f"redis_ca_path: {e}")
     if config.redis_connection_idle_timeout < 0:
         problems.append("redis_connection_idle_timeout: must be 0 (off) or a number of seconds")
     if config.redis_expiration < 0:
@@ -397,15 +405,19 @@ class Connector:
     timeout: float = COMMAND_TIMEOUT
     wait: float = CONNECT_WAIT
 
+    _policy: IPolicyForHTTPS | None = attrs.field(default=None, init=False)
+
     def endpoint(self, host: str, port: int, tls: bool) -> IStreamClientEndpoint:
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
             self.reactor, host, port, timeout=self.timeout
         )
         if tls:
-            policy = client_tls_policy(
-                insecure_skip_verify=self.settings.insecure_skip_verify,
-                ca_files=(self.settings.ca_path,) if self.settings.ca_path else (),
-            )
+            policy = self._policy
+            if policy is None:  # once, not per connection attempt (the CA file is read)
+                policy = self._policy = client_tls_policy(
+                    insecure_skip_verify=self.settings.insecure_skip_verify,
+                    ca_files=(self.settings.ca_path,) if self.settings.ca_path else (),
+                )
             creator = policy.creatorForNetloc(host.encode("idna"), port)
             endpoint = wrapClientTLS(creator, endpoint)
         return endpoint
@@ -523,7 +535,8 @@ class SingleServerClient:
             )
         self._closers.append(self._connection.close)
         if s.idle_timeout > 0:
-            self._idle = _idle_closer(self.reactor, [self._connection], s.idle_timeout)
+            connection, idle = self._connection, s.idle_timeout
+            self._idle = idle_loop(self.reactor, idle, lambda: connection.drop_if_idle(idle))
 
     def _sentinel_master(self, connector: Connector) -> Connection:
         import txredisapi
@@ -571,10 +584,7 @@ class SingleServerClient:
             self._idle.stop()
         closers, self._closers = self._closers, []
         self._connection = None
-        if not closers:
-            return succeed(None)
-        d = gatherResults([close() for close in closers], consumeErrors=True)
-        return d.addBoth(lambda _: None)
+        return close_all(close() for close in closers)
 
     async def execute(self, *args: Arg) -> Any:
         connection = self._connection
@@ -592,15 +602,21 @@ class SingleServerClient:
         await self.execute("PING")
 
 
-def _idle_closer(clock: Any, connections: Sequence[Connection], idle: float) -> LoopingCall:
-    def check() -> None:
-        for connection in connections:
-            connection.drop_if_idle(idle)
-
+def idle_loop(clock: IReactorTime, idle: float, check: Callable[[], None]) -> LoopingCall:
+    """A started loop running ``check`` (drop connections idle for ``idle`` seconds) every
+    half of ``idle``, at most twice a second, on ``clock``."""
     loop = LoopingCall(check)
     loop.clock = clock
     loop.start(max(idle / 2, 0.5), now=False)
     return loop
+
+
+def close_all(closing: Iterable[Deferred[None]]) -> Deferred[None]:
+    """Fires once every close in ``closing`` is done, whatever their outcome."""
+    ds = list(closing)
+    if not ds:
+        return succeed(None)
+    return gatherResults(ds, consumeErrors=True).addBoth(lambda _: None)
 
 
 def client_from_config(config: Config, reactor: Any) -> RedisClient:

@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from oauthgate.errors import StoreUnavailable
-from oauthgate.sessions.redis_client import Arg, ReplyError
+from oauthgate.sessions.redis_client import Arg, ReplyError, close_all, idle_loop
 
 __all__ = ["SLOTS", "ClusterClient", "NodeConnection", "command_key", "key_slot"]
 
@@ -142,9 +142,7 @@ class ClusterClient:
     def start(self) -> None:
         self._started = True
         if self._idle_timeout > 0 and self._idle is None:
-            self._idle = LoopingCall(self._close_idle)
-            self._idle.clock = self._clock
-            self._idle.start(max(self._idle_timeout / 2, 0.5), now=False)
+            self._idle = idle_loop(self._clock, self._idle_timeout, self._close_idle)
         self._background_refresh(force=True)
 
     def stop(self) -> Deferred[None]:
@@ -152,10 +150,7 @@ class ClusterClient:
         if self._idle is not None and self._idle.running:
             self._idle.stop()
         nodes, self._nodes = self._nodes, {}
-        if not nodes:
-            return succeed(None)
-        d = gatherResults([node.close() for node in nodes.values()], consumeErrors=True)
-        return d.addBoth(lambda _: None)
+        return close_all(node.close() for node in nodes.values())
 
     def _close_idle(self) -> None:
         for node in self._nodes.values():

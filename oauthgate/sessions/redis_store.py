@@ -37,7 +37,12 @@ from oauthgate.interfaces import ISessionStore
 from oauthgate.memo import MAX_ENTRIES, Memo, session_weight
 from oauthgate.session import Session
 from oauthgate.sessions.crypto import Sealer, is_fresh
-from oauthgate.sessions.encoding import decode_session, encode_session
+from oauthgate.sessions.encoding import (
+    decode_logged,
+    encode_session,
+    log_unopened,
+    open_logged,
+)
 from oauthgate.sessions.redis_client import RedisClient, client_from_config
 
 if TYPE_CHECKING:
@@ -280,14 +285,13 @@ class RedisSessionStore:
                 fingerprint=opened.ticket.fingerprint,
             )
             return None
-        try:
-            session = decode_session(dated[1])
-        except (ValueError, TypeError, RecursionError) as e:
-            self.log.warn(
-                "Session {fingerprint} in Redis is malformed: {reason}",
-                fingerprint=opened.ticket.fingerprint,
-                reason=type(e).__name__,
-            )
+        session = decode_logged(
+            dated[1],
+            self.log,
+            "Session {fingerprint} in Redis is malformed: {reason}",
+            opened.ticket.fingerprint,
+        )
+        if session is None:
             return None
         opened.last = (stored, dated[0], session)  # Session is frozen: safe to share
         self._memo.put(value, opened, _weight(value, opened) + len(text) + session_weight(session))
@@ -330,14 +334,12 @@ class RedisSessionStore:
         if known is not None and is_fresh(known.issued_at, self._lifetime, now):
             return known
         # Not seen, or too old now: the full check (which refuses and logs an old value).
-        dated = self._sealer.open_dated(value, self._purpose, self._lifetime, now)
-        ticket = Ticket.from_bytes(dated[1]) if dated is not None else None
-        if dated is None or ticket is None:
-            self.log.warn(
-                "Session cookie {fingerprint} does not open (expired, tampered or sealed "
-                "under another secret)",
-                fingerprint=hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12],
-            )
+        dated = open_logged(self._sealer, value, self._purpose, self._lifetime, now, self.log)
+        if dated is None:
+            return None
+        ticket = Ticket.from_bytes(dated[1])
+        if ticket is None:
+            log_unopened(value, self.log)
             return None
         opened = _Opened(
             dated[0],

@@ -26,6 +26,7 @@ from oauthgate.sessions.redis_client import (
     parse_url,
 )
 from oauthgate.sessions.redis_cluster import ClusterClient
+from tests.config.test_validate import self_signed_pem
 
 VALID = Config(
     provider="oidc",
@@ -151,6 +152,18 @@ class RedisOptionRulesTests(SynchronousTestCase):
             self.problems(redis_ca_path="/nonexistent/ca.pem"),
             ("redis_ca_path: '/nonexistent/ca.pem' does not exist or is not a readable file",),
         )
+
+    def test_a_ca_file_that_is_not_pem_is_one_readable_line(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a certificate\n")
+        self.assertEqual(
+            self.problems(redis_ca_path=path),
+            (f"redis_ca_path: {path!r} is not a PEM CA certificate",),
+        )
+        with open(path, "wb") as f:
+            f.write(self_signed_pem())
+        self.assertEqual(self.problems(redis_ca_path=path), ())
 
     def test_skipping_tls_verification_is_warned_about(self) -> None:
         warnings = validate(redis_config(redis_insecure_skip_tls_verify=True))

@@ -749,6 +749,18 @@ class FromConfigTests(SynchronousTestCase):
             HTTPUpstream.from_spec(spec, MemoryReactorClock(), ca_files=("/no/such/ca.pem",))
         self.assertIn("upstream_ca_files", str(raised.exception))
 
+    def test_a_ca_file_that_is_not_pem_is_one_config_line(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a certificate\n")
+        spec = UpstreamSpec(id="/", path="/", uri="https://b/")
+        with self.assertRaises(ConfigError) as raised:
+            HTTPUpstream.from_spec(spec, MemoryReactorClock(), ca_files=(path,))
+        self.assertEqual(
+            raised.exception.problems,
+            (f"upstream_ca_files: cannot load: {path!r} is not a PEM CA certificate",),
+        )
+
     def test_unix_sockets_and_tls_get_their_endpoints(self) -> None:
         reactor = MemoryReactorClock()
         policy = client_tls_policy()
