@@ -67,9 +67,11 @@ class ReloadOnHangup(Service):
                 log.error("Reloading {what} failed: {error}", what=name, error=str(e))
 
 
-def reload_actions(gate: Gate, watched: Sequence[object]) -> list[Action]:
-    """The reloads for the files the gate reads: each of ``watched`` (authorizers, the
-    htpasswd file) that has a ``check_now()``, and the page templates."""
+def reload_actions(gate: Gate, watched: Sequence[object] | None = None) -> list[Action]:
+    """The reloads for the files the gate reads: each of ``watched`` (by default the gate's
+    authorizers and htpasswd file) that has a ``check_now()``, and the page templates."""
+    if watched is None:
+        watched = (*gate.authorizers, gate.credentials.htpasswd)
     actions: list[Action] = []
     for part in watched:
         check_now = getattr(part, "check_now", None)

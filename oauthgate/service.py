@@ -33,7 +33,11 @@ from oauthgate.authz.scoped import ProviderAuthorizer
 from oauthgate.config.alpha import ProviderConfig, provider_configs, without_provider_options
 from oauthgate.config.loader import DEMO_IDP_PORT, DEMO_UPSTREAM_PORT
 from oauthgate.config.options import Config
-from oauthgate.config.validate import listen_description
+from oauthgate.config.validate import (
+    endpoint_problem,
+    escape_endpoint_field,
+    listen_description,
+)
 from oauthgate.errors import ConfigError
 from oauthgate.interfaces import IAuthorizer, IProvider, ISessionStore, IUpstream
 from oauthgate.logs import AccessLog, LogService, access_log_from_config
@@ -278,11 +282,7 @@ class _SupervisorNotify(Service):
     def startService(self) -> None:
         Service.startService(self)
         self._notifier.ready(status=f"Supervising {self._workers} workers")
-        interval = self._notifier.watchdog_interval
-        if interval:
-            self._watchdog = LoopingCall(self._notifier.watchdog)
-            self._watchdog.clock = self._reactor
-            self._watchdog.start(interval, now=True)
+        self._watchdog = self._notifier.start_watchdog(self._reactor)
 
     def stopService(self) -> Any:
         Service.stopService(self)
@@ -359,10 +359,7 @@ class OAuthGateService(MultiService):
                 d.addErrback(_not_reachable_yet, provider_id)
         self._ready = Deferred.fromCoroutine(self._announce_ready())
         self._ready.addErrback(_stopped_before_ready)
-        if self.notifier.watchdog_interval is not None:
-            self._watchdog = LoopingCall(self.notifier.watchdog)
-            self._watchdog.clock = self._reactor
-            self._watchdog.start(self.notifier.watchdog_interval, now=True)
+        self._watchdog = self.notifier.start_watchdog(self._reactor)
 
     async def _announce_ready(self) -> None:
         """``READY=1`` once every listener listens and the session store answers (Redis is
@@ -548,7 +545,7 @@ def gate_site(
     if config.force_https or config.hsts_max_age > 0:
         root = HTTPSPolicy(
             root,
-            AccessRules.from_config(config),
+            gate.access if gate.access is not None else AccessRules.from_config(config),
             force_https=config.force_https,
             https_port=https_port(config),
             hsts_max_age=config.hsts_max_age,
@@ -571,7 +568,7 @@ def _add_https(
 ) -> None:
     """The HTTPS listener (with ``https_address``) and the reloads SIGHUP triggers."""
     gate = components.gate
-    reloads = reload_actions(gate, (*components.authorizers, gate.credentials.htpasswd))
+    reloads = reload_actions(gate)
     if config.https_address:
         try:
             tls = ReloadableServerTLS.from_config(config)
@@ -586,11 +583,11 @@ def _add_https(
 def _metrics_listeners(config: Config) -> list[str]:
     """The endpoint descriptions metrics are served on: ``metrics_address`` as it is, and
     ``metrics_secure_address`` as an ssl: endpoint with the metrics certificate and key."""
-    listeners = []
+    listeners: dict[str, str] = {}
     problems = []
     if config.metrics_address:
         try:
-            listeners.append(listen_description(config.metrics_address))
+            listeners["metrics_address"] = listen_description(config.metrics_address)
         except ValueError as e:
             problems.append(f"metrics_address: {e}")
     if config.metrics_secure_address:
@@ -600,18 +597,21 @@ def _metrics_listeners(config: Config) -> list[str]:
             )
         else:
             try:
-                listeners.append(
-                    _tls_description(
-                        listen_description(config.metrics_secure_address),
-                        config.metrics_tls_cert_file,
-                        config.metrics_tls_key_file,
-                    )
+                listeners["metrics_secure_address"] = _tls_description(
+                    listen_description(config.metrics_secure_address),
+                    config.metrics_tls_cert_file,
+                    config.metrics_tls_key_file,
                 )
             except ValueError as e:
                 problems.append(f"metrics_secure_address: {e}")
+    for key, description in listeners.items():
+        # As for http_address: a missing or bad certificate file is one line naming it.
+        problem = endpoint_problem(description)
+        if problem is not None:
+            problems.append(f"{key}: {problem}")
     if problems:
         raise ConfigError(problems)
-    return listeners
+    return list(listeners.values())
 
 
 def _tls_description(plain: str, cert_file: str, key_file: str) -> str:
@@ -619,11 +619,8 @@ def _tls_description(plain: str, cert_file: str, key_file: str) -> str:
     kind, _, rest = plain.partition(":")
     if kind not in ("tcp", "tcp6"):
         raise ValueError("give host:port (the TLS listener is built from it)")
-
-    def escape(path: str) -> str:
-        return path.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-    return f"ssl:{rest}:privateKey={escape(key_file)}:certKey={escape(cert_file)}"
+    key, cert = escape_endpoint_field(key_file), escape_endpoint_field(cert_file)
+    return f"ssl:{rest}:privateKey={key}:certKey={cert}"
 
 
 def _excluded_paths(config: Config) -> list[str]:

@@ -17,6 +17,8 @@ import socket
 from collections.abc import Mapping
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 __all__ = ["Notifier", "message", "socket_address"]
@@ -112,6 +114,16 @@ class Notifier:
     def watchdog(self) -> bool:
         """``WATCHDOG=1``: still alive (the reactor turns)."""
         return self.notify(WATCHDOG="1")
+
+    def start_watchdog(self, clock: IReactorTime) -> LoopingCall | None:
+        """Send ``WATCHDOG=1`` now and every :attr:`watchdog_interval` on ``clock``; the
+        running call (stop it at shutdown), or None without a watchdog."""
+        if self.watchdog_interval is None:
+            return None
+        call = LoopingCall(self.watchdog)
+        call.clock = clock
+        call.start(self.watchdog_interval, now=True)
+        return call
 
     def status(self, text: str) -> bool:
         """``STATUS=...``: free text for ``systemctl status``."""

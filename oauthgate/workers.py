@@ -465,10 +465,7 @@ def worker_main() -> None:
         endpoint = proxyEndpoint(endpoint)
     ports: list[IListeningPort] = []
     # SIGHUP (forwarded by the supervisor) re-reads certificates, files and templates here.
-    watched = (*components.authorizers, components.gate.credentials.htpasswd)
-    MultiService.addService(
-        service, ReloadOnHangup(reactor, reload_actions(components.gate, watched))
-    )
+    MultiService.addService(service, ReloadOnHangup(reactor, reload_actions(components.gate)))
     # Request and auth lines through the same buffered writer as one process (whole
     # lines per write, so the workers' lines never interleave on the shared stdout).
     try:

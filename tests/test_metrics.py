@@ -19,6 +19,7 @@ from oauthgate.service import _metrics_listeners
 from oauthgate.session import Session
 from oauthgate.testing import GateTestCase
 from oauthgate.web.site import GateSite
+from tests.config.test_validate import make_directory, self_signed_pem
 from tests.web.test_gate import RefusingAgent, make_world
 
 
@@ -213,19 +214,37 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(_metrics_listeners(Config()), [])
 
     def test_the_secure_address_becomes_an_ssl_endpoint(self) -> None:
+        pem = self_signed_pem()
+        directory = make_directory(self, {"c:ert.pem": pem, "key.pem": pem})
         config = attrs.evolve(
             Config(),
             metrics_address="127.0.0.1:9100",
             metrics_secure_address=":9443",
-            metrics_tls_cert_file="/etc/c:ert.pem",
-            metrics_tls_key_file="/etc/key.pem",
+            metrics_tls_cert_file=f"{directory}/c:ert.pem",
+            metrics_tls_key_file=f"{directory}/key.pem",
         )
         self.assertEqual(
             _metrics_listeners(config),
             [
                 "tcp:9100:interface=127.0.0.1",
-                "ssl:9443:privateKey=/etc/key.pem:certKey=/etc/c\\:ert.pem",
+                f"ssl:9443:privateKey={directory}/key.pem:certKey={directory}/c\\:ert.pem",
             ],
+        )
+
+    def test_a_missing_certificate_file_is_one_line_naming_the_option(self) -> None:
+        config = attrs.evolve(
+            Config(),
+            metrics_secure_address=":9443",
+            metrics_tls_cert_file="/nonexistent/cert.pem",
+            metrics_tls_key_file="/nonexistent/key.pem",
+        )
+        e = self.assertRaises(ConfigError, _metrics_listeners, config)
+        self.assertEqual(
+            e.problems,
+            (
+                "metrics_secure_address: cannot read /nonexistent/cert.pem: "
+                "No such file or directory",
+            ),
         )
 
     def test_a_secure_address_without_certificate_is_refused(self) -> None:

@@ -56,10 +56,7 @@ class ReloadTests(GateTestCase):
         reactor = MemoryReactorClock()
         components = build_components(config, reactor=reactor, plugins=Plugins.from_entry_points())
         self.gate: Gate = components.gate
-        actions = reload_actions(
-            self.gate, (*components.authorizers, self.gate.credentials.htpasswd)
-        )
-        self.reloader = ReloadOnHangup(reactor, actions)
+        self.reloader = ReloadOnHangup(reactor, reload_actions(self.gate))
 
     def allowed(self, email: str) -> bool:
         request: Any = DummyRequest([b""])

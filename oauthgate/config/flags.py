@@ -168,9 +168,23 @@ class Options(usage.Options):
         sys.exit(0)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        """Parse ``options`` (default ``sys.argv[1:]``); Go-style ``--bool=value`` included."""
+        """Parse ``options`` (default ``sys.argv[1:]``); Go-style ``--bool=value`` included.
+
+        Raises:
+            usage.UsageError: a bad flag or value. Under twistd (which sets ``parent``) it
+                is one line on stderr and exit status 1 instead: twistd would print the
+                whole ``--help`` text above the one line that matters.
+        """
         args = list(sys.argv[1:] if options is None else options)
-        usage.Options.parseOptions(self, self._take_bool_values(args))
+        try:
+            usage.Options.parseOptions(self, self._take_bool_values(args))
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            # Our own messages name the flag (--flag: ...); getopt's need a pointer.
+            hint = "" if str(e).startswith("--") else " (see: twistd oauthgate --help)"
+            print(f"oauthgate: {e}{hint}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     def _take_bool_values(self, args: list[str]) -> list[str]:
         """Rewrite ``--flag=value`` of bool options to ``--flag``, queueing the value.

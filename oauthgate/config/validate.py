@@ -26,7 +26,14 @@ from oauthgate.rules import ApiRoutes, TrustedIPs, compile_skip_rules
 from oauthgate.sessions.crypto import decode_secret
 from oauthgate.sessions.redis_client import redis_problems
 
-__all__ = ["MAKE_SECRET_COMMAND", "REAL_CLIENT_IP_HEADERS", "listen_description", "validate"]
+__all__ = [
+    "MAKE_SECRET_COMMAND",
+    "REAL_CLIENT_IP_HEADERS",
+    "endpoint_problem",
+    "escape_endpoint_field",
+    "listen_description",
+    "validate",
+]
 
 MAKE_SECRET_COMMAND = (
     "python -c 'import os,base64; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
@@ -112,7 +119,7 @@ def listen_description(address: str) -> str:
         path, _, mode = text[len("unix://") :].partition(",mode=")
         if not path:
             raise ValueError("unix:// needs a socket path, e.g. unix:///run/oauthgate.sock")
-        return "unix:" + _escape(path) + (f":mode={mode}" if mode else "")
+        return "unix:" + escape_endpoint_field(path) + (f":mode={mode}" if mode else "")
     if lowered.startswith(_ENDPOINT_PREFIXES):
         return text
     if lowered.startswith("https://"):
@@ -134,7 +141,7 @@ def listen_description(address: str) -> str:
             raise ValueError(f"{address!r}: {_ADDRESS_HINT}") from None
         if not closed:
             raise ValueError(f"{address!r}: {_ADDRESS_HINT}")
-        return f"tcp6:{_port(address, port)}:interface={_escape(host)}"
+        return f"tcp6:{_port(address, port)}:interface={escape_endpoint_field(host)}"
     host, colon, port = text.rpartition(":")
     if not colon:
         raise ValueError(f"{address!r}: {_ADDRESS_HINT}")
@@ -154,7 +161,7 @@ def _port(address: str, text: str) -> int:
     return int(text)
 
 
-def _escape(text: str) -> str:
+def escape_endpoint_field(text: str) -> str:
     """Escape ``text`` for one field of a Twisted endpoint description."""
     return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
@@ -459,7 +466,7 @@ def _check_server(config: Config, problems: list[str]) -> None:
     except ValueError as e:
         problems.append(f"http_address: {e}")
     else:
-        problem = _endpoint_problem(description)
+        problem = endpoint_problem(description)
         if problem is not None:
             problems.append(f"http_address: {config.http_address!r}: {problem}")
     from oauthgate.web.https import tls_problems  # it imports listen_description from here
@@ -476,7 +483,7 @@ def _check_server(config: Config, problems: list[str]) -> None:
             problems.append(f"{key}: must start with /, got {value!r}")
 
 
-def _endpoint_problem(description: str) -> str | None:
+def endpoint_problem(description: str) -> str | None:
     """Why Twisted could not listen on ``description``, or None if it parses.
 
     The description is parsed against a memory reactor, so nothing listens; an ``ssl:``

@@ -116,6 +116,23 @@ class BadValueTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, parse, "--cokie-name=x")
         self.assertRaises(usage.UsageError, parse, "stray")
 
+    def test_under_twistd_a_bad_flag_is_one_line_not_the_whole_help(self) -> None:
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        for arg, line in [
+            ("--workers=abc", "oauthgate: --workers: expected a whole number, got 'abc'\n"),
+            (
+                "--cokie-name=x",
+                "oauthgate: option --cokie-name not recognized (see: twistd oauthgate --help)\n",
+            ),
+        ]:
+            options = Options()
+            options.parent = usage.Options()  # twistd's ServerOptions sets this
+            e = self.assertRaises(SystemExit, options.parseOptions, [arg])
+            self.assertEqual((e.code, err.getvalue()), (1, line))
+            err.seek(0)
+            err.truncate()
+
 
 class ParseTextTests(SynchronousTestCase):
     def test_bool_spellings(self) -> None:
