@@ -1,4 +1,5 @@
-"""Keep-alive connection pools for outgoing HTTP (identity providers, upstreams)."""
+"""Keep-alive connection pools for the identity providers' HTTP client (upstreams have
+their own client, :mod:`oauthgate.upstreams.client`)."""
 
 from __future__ import annotations
 

@@ -546,9 +546,10 @@ class _Connection(Protocol):
                 self._body(rest)
 
     def _parse(self, head: bytes) -> _Response | None:
-        lines = head.replace(b"\r\n", b"\n").split(b"\n")
-        if b"\r" in head and any(b"\r" in line for line in lines):
+        normal = head.replace(b"\r\n", b"\n")  # bare-LF lines are accepted too
+        if b"\r" in normal:
             raise BadResponse("bare CR in the response head")
+        lines = normal.split(b"\n")
         status = _STATUS.fullmatch(lines[0])
         if status is None:
             raise BadResponse(f"bad status line {lines[0][:80]!r}")

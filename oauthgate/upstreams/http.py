@@ -36,12 +36,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    URI,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    ResponseDone,
-)
+from twisted.web.client import URI, FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
@@ -112,7 +107,7 @@ class HTTPUpstream:
         regex: bool = False,
         pass_host_header: bool = True,
         timeout: float = 30.0,
-        pool: UpstreamClient | HTTPConnectionPool | None = None,
+        pool: UpstreamClient | None = None,
         endpoints: IAgentEndpointFactory | None = None,
         proxy_websockets: bool = True,
         flush_interval: float = 1.0,
@@ -204,7 +199,7 @@ class HTTPUpstream:
         """Close the idle keep-alive connections (on service stop)."""
         if self.pool is None:
             return succeed(None)
-        return cast("Deferred[None]", self.pool.closeCachedConnections())
+        return self.pool.closeCachedConnections()
 
     async def forward(
         self,

@@ -295,6 +295,8 @@ def _group(match: re.Match[str], name: str) -> str:
 def remove_dot_segments(path: str) -> str:
     """``path`` without ``.`` and ``..`` segments (RFC 3986 §5.2.4); other segments,
     empty ones included, are kept."""
+    if "." not in path:
+        return path  # the common case: no segment can be "." or ".."
     segments = path.split("/")
     if all(s not in (".", "..") for s in segments):
         return path

@@ -21,7 +21,8 @@ __all__ = ["AccessRules", "Credentials", "Identity"]
 
 
 def header(request: Request, name: bytes) -> str | None:
-    """The last value of header ``name``, read as Latin-1 (which never fails)."""
+    """The last value of header ``name``. Read as Latin-1, which never fails: a client
+    sending bytes that are not UTF-8 gets no traceback, only a value that matches nothing."""
     values = request.requestHeaders.getRawHeaders(name)
     return values[-1].decode("latin-1") if values else None
 

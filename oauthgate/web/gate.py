@@ -60,6 +60,7 @@ from oauthgate.sessions.crypto import Sealer
 from oauthgate.upstreams.routing import route
 from oauthgate.upstreams.websocket import is_websocket_upgrade
 from oauthgate.web.access import AccessRules, Credentials, Identity
+from oauthgate.web.access import header as _header
 from oauthgate.web.identity import IdentityHeaders, set_all
 from oauthgate.web.pages import Pages
 from oauthgate.web.redirects import RedirectValidator
@@ -80,13 +81,6 @@ _FORWARDING = (
     b"x-forwarded-uri",
     b"forwarded",
 )
-
-
-def _header(request: Request, name: bytes) -> str | None:
-    """The last value of header ``name``. Read as Latin-1, which never fails: a client
-    sending bytes that are not UTF-8 gets no traceback, only a value that matches nothing."""
-    values = request.requestHeaders.getRawHeaders(name)
-    return values[-1].decode("latin-1") if values else None
 
 
 def _arg(request: Request, name: bytes) -> str | None:
@@ -152,7 +146,7 @@ class Gate:
     _refreshers: dict[str, Refresher] = attrs.field(init=False)
     _csrf: CookieSettings = attrs.field(init=False)
     _prefix: str = attrs.field(init=False)
-    _own_cookie_prefix: str = attrs.field(init=False)
+    _own_cookie_prefix: bytes = attrs.field(init=False)
     # Sessions from before provider ids -> the same with the one provider's id.
     _adopted: Memo[Session, Session] = attrs.field(init=False, factory=Memo)
 
@@ -183,7 +177,7 @@ class Gate:
         resource = self.config.protected_resource_metadata
         self._metadata_path = urlsplit(metadata_url(resource)).path.encode() if resource else None
         self._prefix = self.config.proxy_prefix
-        self._own_cookie_prefix = self.cookie.name
+        self._own_cookie_prefix = self.cookie.name.encode()
 
     @property
     def provider(self) -> IProvider:
@@ -566,17 +560,17 @@ class Gate:
         raw = request.requestHeaders.getRawHeaders(b"cookie")
         if not raw:
             return
-        own = self._own_cookie_prefix.encode()
+        own = self._own_cookie_prefix
+        own_ = own + b"_"
         kept = []
         for header in raw:
             for part in header.split(b";"):
-                name = part.split(b"=", 1)[0].strip()
-                if name == own or (
-                    name.startswith(own + b"_") and _is_own_suffix(name[len(own) + 1 :])
-                ):
+                pair = part.strip()
+                name = pair.split(b"=", 1)[0].rstrip()
+                if name == own or (name.startswith(own_) and _is_own_suffix(name[len(own_) :])):
                     continue
-                if part.strip():
-                    kept.append(part.strip())
+                if pair:
+                    kept.append(pair)
         if kept:
             request.requestHeaders.setRawHeaders(b"cookie", [b"; ".join(kept)])
         else:
