@@ -58,6 +58,8 @@ USER = "alice"
 EMAIL = "alice@example.com"
 KID = "bench-1"
 START_TIMEOUT = 30.0
+WRK_TIMEOUT = 10
+"""wrk's ``--timeout``, in seconds."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKERS = 2
 """Scenario 5: this many ``--workers`` against one process."""
@@ -225,6 +227,12 @@ def wait_for_log(process: Process, pattern: str, count: int) -> None:
 # --- credentials -----------------------------------------------------------------
 
 
+def credentials() -> tuple[rsa.RSAPrivateKey, str]:
+    """A fresh RS256 signing key (the IdP's) and ``--cookie-secret``."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key, base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
 def _wall_clock() -> Clock:
     clock = Clock()
     clock.advance(time.time())
@@ -326,7 +334,6 @@ def wrk_command(
     duration: int,
     connections: int,
     threads: int = 1,
-    timeout: int = 10,
     script: Path | None = None,
 ) -> list[str]:
     command = [
@@ -334,7 +341,7 @@ def wrk_command(
         f"-t{threads}",
         f"-c{connections}",
         f"-d{duration}s",
-        f"--timeout={timeout}s",
+        f"--timeout={WRK_TIMEOUT}s",
     ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
@@ -344,19 +351,11 @@ def wrk_command(
 
 
 def run_wrk(
-    url: str,
-    headers: dict[str, str],
-    *,
-    duration: int,
-    connections: int,
-    threads: int = 1,
-    timeout: int = 10,
+    url: str, headers: dict[str, str], *, duration: int, connections: int, threads: int = 1
 ) -> Wrk:
-    command = wrk_command(
-        url, headers, duration=duration, connections=connections, threads=threads, timeout=timeout
-    )
+    command = wrk_command(url, headers, duration=duration, connections=connections, threads=threads)
     out = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration + timeout + 30, check=True
+        command, capture_output=True, text=True, timeout=duration + WRK_TIMEOUT + 30, check=True
     ).stdout
     return parse_wrk(out)
 
@@ -599,20 +598,39 @@ def processes() -> Iterator[Callable[[str, Sequence[str], Path], Process]]:
             process.stop()
 
 
-def _server(role: str, port: int, *args: str) -> list[str]:
+def server_command(role: str, port: int, *args: str) -> list[str]:
+    """``python -m bench.servers ROLE PORT ARGS``."""
     return [sys.executable, "-m", "bench.servers", role, str(port), *args]
 
 
-def _gate(port: int, args: Sequence[str]) -> list[str]:
+def gate_command(port: int, args: Sequence[str], twistd: Sequence[str] = ()) -> list[str]:
+    """``twistd -n [TWISTD...] oauthgate --http-address=127.0.0.1:PORT ARGS...``."""
     return [
         sys.executable,
         "-c",
         TWISTD,
         "-n",
         "--pidfile=",
+        *twistd,
         "oauthgate",
         f"--http-address=127.0.0.1:{port}",
         *args,
+    ]
+
+
+def gate_args(secret: str, idp_url: str, upstream_port: int) -> list[str]:
+    """The options every measured oauthgate has: OIDC at ``idp_url``, cookie sessions
+    sealed with ``secret``, the static upstream, RS256 bearer tokens accepted."""
+    return [
+        "--provider=oidc",
+        f"--oidc-issuer-url={idp_url}",
+        f"--client-id={CLIENT_ID}",
+        f"--client-secret={CLIENT_SECRET}",
+        f"--cookie-secret={secret}",
+        "--cookie-secure=false",
+        "--email-domain=example.com",
+        f"--upstream=http://127.0.0.1:{upstream_port}/",
+        "--skip-jwt-bearer-tokens",
     ]
 
 
@@ -628,25 +646,14 @@ def run(
     for binary in ("wrk", "redis-server", "redis-cli"):
         if shutil.which(binary) is None:
             raise RuntimeError(f"{binary} not found (apt-get install wrk redis-server)")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    key, secret = credentials()
     names = ("idp", "upstream", "redis", "log", "nolog", "rds", "ceil", "workers")
     ports = {n: free_port() for n in names}
     idp_url = f"http://127.0.0.1:{ports['idp']}"
-    common = [
-        "--provider=oidc",
-        f"--oidc-issuer-url={idp_url}",
-        f"--client-id={CLIENT_ID}",
-        f"--client-secret={CLIENT_SECRET}",
-        f"--cookie-secret={secret}",
-        "--cookie-secure=false",
-        "--email-domain=example.com",
-        f"--upstream=http://127.0.0.1:{ports['upstream']}/",
-        "--skip-jwt-bearer-tokens",
-    ]
+    common = gate_args(secret, idp_url, ports["upstream"])
     with processes() as start:
-        idp = start("idp", _server("idp", ports["idp"], json.dumps(jwks(key))), workdir)
-        upstream = start("upstream", _server("upstream", ports["upstream"]), workdir)
+        idp = start("idp", server_command("idp", ports["idp"], json.dumps(jwks(key))), workdir)
+        upstream = start("upstream", server_command("upstream", ports["upstream"]), workdir)
         start(
             "redis",
             [
@@ -662,13 +669,15 @@ def run(
             ],
             workdir,
         )
-        log_on = start("oauthgate-log", _gate(ports["log"], common), workdir)
+        log_on = start("oauthgate-log", gate_command(ports["log"], common), workdir)
         log_off = start(
-            "oauthgate-nolog", _gate(ports["nolog"], [*common, "--request-logging=false"]), workdir
+            "oauthgate-nolog",
+            gate_command(ports["nolog"], [*common, "--request-logging=false"]),
+            workdir,
         )
         with_redis = start(
             "oauthgate-redis",
-            _gate(
+            gate_command(
                 ports["rds"],
                 [
                     *common,
@@ -681,7 +690,7 @@ def run(
         # --workers=1 (the default) serves in-process: log_on is the one-worker figure.
         workers = start(
             f"oauthgate-workers{WORKERS}",
-            _gate(ports["workers"], [*common, f"--workers={WORKERS}"]),
+            gate_command(ports["workers"], [*common, f"--workers={WORKERS}"]),
             workdir,
         )
         wait_for_status(idp, ports["idp"], "/jwks", 200)
@@ -701,7 +710,9 @@ def run(
         wait_for_status(with_redis, ports["rds"], auth, 202, redis_cookie)
         wait_for_status(workers, ports["workers"], auth, 202, cookie)
         same = [(k, v) for k, v in gate_headers if k.lower() not in _OWN_HEADERS]
-        ceiling = start("ceiling", _server("ceiling", ports["ceil"], json.dumps(same)), workdir)
+        ceiling = start(
+            "ceiling", server_command("ceiling", ports["ceil"], json.dumps(same)), workdir
+        )
         wait_for_status(ceiling, ports["ceil"], auth, 202)
 
         targets = [
@@ -743,12 +754,12 @@ def run(
             name = f"auth, cookie session, workers {count}"
             targets.append(Target("5", name, process, port, auth, 202, cookie, 20, threads=2))
         if warmup:
-            for _process, port, headers, threads in (
-                (log_on, ports["log"], cookie, 1),
-                (log_off, ports["nolog"], cookie, 1),
-                (with_redis, ports["rds"], redis_cookie, 1),
-                (ceiling, ports["ceil"], {}, 1),
-                (workers, ports["workers"], cookie, 2),
+            for port, headers, threads in (
+                (ports["log"], cookie, 1),
+                (ports["nolog"], cookie, 1),
+                (ports["rds"], redis_cookie, 1),
+                (ports["ceil"], {}, 1),
+                (ports["workers"], cookie, 2),
             ):
                 run_wrk(
                     f"http://127.0.0.1:{port}{auth}",

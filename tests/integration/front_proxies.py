@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
+import socket
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -21,7 +21,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from oauthgate.testing import Browser, EchoResource, FakeIdP
-from tests.integration.test_end_to_end import ROOT
+from tests.integration.test_end_to_end import ROOT, ChildProcess
 
 CLIENT_ID = "front-proxy-client"
 CLIENT_SECRET = "front-proxy-secret"
@@ -92,22 +92,10 @@ class Backends:
         await maybeDeferred(self.app_listener.stopListening)
 
 
-class ChildProcess:
-    """A front proxy as a child process, its output kept in a file."""
-
-    def __init__(self, command: list[str], workdir: Path, env: dict[str, str] | None = None):
-        self.output = workdir / "proxy.log"
-        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    def log(self) -> str:
-        return self.output.read_text("utf-8", "replace")
+class FrontProxy(ChildProcess):
+    """A front proxy as a child process, its output kept in ``proxy.log``."""
 
     async def wait_until_serving(self, port: int, timeout: float = 20.0) -> None:
-        import socket
-
         waited = 0.0
         while waited < timeout:
             if self.process.poll() is not None:
@@ -118,13 +106,3 @@ class ChildProcess:
             await deferLater(reactor, 0.1, lambda: None)
             waited += 0.1
         raise AssertionError(f"not listening on {port} within {timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._out.close()

@@ -16,22 +16,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.integration.test_end_to_end import free_port, wait_for
+
 __all__ = [
     "Cluster",
     "RedisServer",
     "SentinelGroup",
-    "free_port",
     "redis_cli",
     "require_binaries",
 ]
 
 START_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _bindable(port: int) -> bool:
@@ -90,18 +85,6 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_for(predicate, what: str, timeout: float = START_TIMEOUT, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 class RedisServer:
@@ -217,8 +200,8 @@ class SentinelGroup:
         self.replica.args = ["--replicaof", "127.0.0.1", str(self.master.port)]
         self.replica.start()
         wait_for(
-            lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"),
             "the replica to sync",
+            lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"),
         )
         config = (
             f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 2\n"
@@ -230,7 +213,7 @@ class SentinelGroup:
             self.sentinels.append(
                 RedisServer(self.workdir, sentinel_config=config, name="sentinel").start()
             )
-        wait_for(self._ready, "the sentinels to see the replica and each other", timeout=20)
+        wait_for("the sentinels to see the replica and each other", self._ready, timeout=20)
         return self
 
     def _ready(self) -> bool:
@@ -303,8 +286,8 @@ class Cluster:
                 f"redis-cli --cluster create failed:\n{result.stdout}{result.stderr}"
             )
         wait_for(
-            lambda: all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes),
             "the cluster to be ok",
+            lambda: all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes),
             timeout=20,
         )
         return self

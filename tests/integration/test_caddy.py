@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 
 from oauthgate.testing import Browser
-from tests.integration.front_proxies import DOCS, Backends, ChildProcess, browser_via, render
+from tests.integration.front_proxies import DOCS, Backends, FrontProxy, browser_via, render
 from tests.integration.test_end_to_end import OAuthGateProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ class CaddyForwardAuthTests(TestCase):
         )
         home = str((workdir / "home").resolve())
         env = dict(os.environ, HOME=home, XDG_DATA_HOME=home, XDG_CONFIG_HOME=home)
-        self.caddy = ChildProcess(
+        self.caddy = FrontProxy(
             [caddy, "run", "--config", str(conf.resolve()), "--adapter", "caddyfile"],
             workdir,
             env,

@@ -14,7 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 CLIENT_ID = "e2e-client"
 CLIENT_SECRET = "e2e-client-secret"
+_SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +46,68 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class OAuthGateProcess:
-    """``twistd -n oauthgate ...`` as a child process, its output kept in a file."""
+def wait_for(
+    what: str, check: Callable[[], Any], process: ChildProcess | None = None, timeout: float = 10.0
+) -> Any:
+    """Poll ``check`` (an OSError counts as false) until it returns something true; fail
+    after ``timeout`` or once ``process`` has exited, with its output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.process.poll() is not None:
+            raise AssertionError(f"exited with {process.process.returncode}:\n{process.log()}")
+        try:
+            result = check()
+        except OSError:
+            result = None
+        if result:
+            return result
+        time.sleep(0.05)
+    output = f":\n{process.log()}" if process is not None else ""
+    raise AssertionError(f"{what} not within {timeout}s{output}")
 
-    def __init__(self, args: list[str], workdir: Path) -> None:
+
+class ChildProcess:
+    """A child process, its output kept in ``workdir/NAME.log``; ``stop`` sends SIGTERM
+    (SIGKILL after 10 s)."""
+
+    def __init__(
+        self,
+        command: list[str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        name: str = "proxy",
+    ) -> None:
+        self.output = workdir / f"{name}.log"
+        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=self._out, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        return self.output.read_text("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._out.close()
+
+
+class OAuthGateProcess(ChildProcess):
+    """``twistd -n oauthgate ...`` as a child process, its output kept in a file.
+
+    It never inherits systemd's ``$NOTIFY_SOCKET``/``$WATCHDOG_*``; ``env`` adds to (or
+    overrides) the rest of the environment."""
+
+    def __init__(self, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.output = workdir / "oauthgate.log"
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        environ = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARIABLES}
+        environ.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env or {}))
         command = [
             sys.executable,
             "-c",
@@ -60,13 +118,7 @@ class OAuthGateProcess:
             f"--http-address=127.0.0.1:{self.port}",
             *args,
         ]
-        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    def log(self) -> str:
-        return self.output.read_text("utf-8", "replace")
+        super().__init__(command, workdir, environ, name="oauthgate")
 
     async def wait_until_serving(self, browser: Browser, timeout: float = 20.0) -> None:
         waited = 0.0
@@ -84,16 +136,6 @@ class OAuthGateProcess:
             await deferLater(reactor, 0.1, lambda: None)
             waited += 0.1
         raise AssertionError(f"oauthgate did not answer /ping within {timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._out.close()
 
 
 class EndToEndTests(TestCase):

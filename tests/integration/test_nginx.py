@@ -20,7 +20,7 @@ from oauthgate.testing import Browser
 from tests.integration.front_proxies import (
     DOCS,
     Backends,
-    ChildProcess,
+    FrontProxy,
     browser_via,
     render,
 )
@@ -76,7 +76,7 @@ class NginxCase(TestCase):
         directives = f"daemon off; pid {workdir.resolve()}/nginx.pid; error_log stderr;"
         if os.geteuid() == 0:
             directives += " user root;"
-        self.nginx = ChildProcess(
+        self.nginx = FrontProxy(
             [nginx, "-p", str(workdir.resolve()), "-c", str(conf.resolve()), "-g", directives],
             workdir,
         )

@@ -60,7 +60,7 @@ from oauthgate.testing import Browser
 from oauthgate.upstreams.spec import UpstreamSpec
 from oauthgate.web.gate import GateResource
 from oauthgate.web.site import GateSite
-from tests.integration.test_end_to_end import OAuthGateProcess
+from tests.integration.test_end_to_end import OAuthGateProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -254,12 +254,6 @@ def parse_frame(data: bytes) -> tuple[int, bytes, bytes] | None:
     if masked:
         payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     return opcode, payload, data[at + size :]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- TLS test CA --------------------------------------------------------------------------

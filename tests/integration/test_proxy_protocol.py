@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.integration.test_end_to_end import free_port
+from tests.integration.test_end_to_end import free_port, wait_for
 from tests.integration.workers_support import (
     EchoUpstream,
     gate_args,
     get,
     serving,
     start_gate,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from oauthgate.testing import FakeIdP
 
-from .test_end_to_end import ROOT, TWISTD, free_port
+from .test_end_to_end import ROOT, OAuthGateProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -101,34 +100,8 @@ class NotifySocket:
         self.sock.close()
 
 
-class Gate:
-    """``twistd -n oauthgate`` with a given environment, its output kept in a file."""
-
-    def __init__(self, args: list[str], workdir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.output = workdir / "oauthgate.log"
-        command = [
-            sys.executable,
-            "-c",
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "oauthgate",
-            f"--http-address=127.0.0.1:{self.port}",
-            *args,
-        ]
-        environ = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **env)
-        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-            if name not in env:
-                environ.pop(name, None)
-        self._out = open(self.output, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            command, cwd=workdir, env=environ, stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    def log(self) -> str:
-        return self.output.read_text("utf-8", "replace")
+class Gate(OAuthGateProcess):
+    """``twistd -n oauthgate`` with systemd's variables in ``env``; ``stop`` kills it."""
 
     async def wait_for_exit(self, timeout: float = 20.0) -> int:
         waited = 0.0
@@ -152,7 +125,7 @@ class Gate:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        self._out.close()
+        super().stop()
 
 
 class SystemdTests(TestCase):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.integration.test_end_to_end import wait_for
 from tests.integration.workers_support import (
     EchoUpstream,
     gate_args,
@@ -18,7 +19,6 @@ from tests.integration.workers_support import (
     request_lines,
     serving,
     start_gate,
-    wait_for,
     writes,
 )
 

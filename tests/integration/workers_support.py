@@ -1,5 +1,5 @@
 """Blocking helpers for the ``--workers`` and PROXY protocol tests: oauthgate in a child
-process, plain HTTP requests, an echo upstream in a thread, and log polling."""
+process, plain HTTP requests, an echo upstream in a thread, and access-log lines."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import json
 import os
 import re
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.integration.test_end_to_end import OAuthGateProcess
+from tests.integration.test_end_to_end import OAuthGateProcess, wait_for
 
 # oauth2-proxy's default request line: client - request id - user [time] host method
 # upstream "uri" protocol "agent" status size duration
@@ -58,23 +56,6 @@ def get(
         return response.status, response.read()
     finally:
         connection.close()
-
-
-def wait_for(
-    what: str, check: Callable[[], Any], gate: OAuthGateProcess, timeout: float = 10.0
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gate.process.poll() is not None:
-            raise AssertionError(f"oauthgate exited with {gate.process.returncode}:\n{gate.log()}")
-        try:
-            result = check()
-        except OSError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not within {timeout}s:\n{gate.log()}")
 
 
 def serving(gate: OAuthGateProcess, port: int | None = None) -> None:
